@@ -1,0 +1,44 @@
+"""Backends: a causal LM seen through token ids (see :mod:`.base` for the protocol).
+
+``TableLM`` is always available; ``TransformersBackend`` is imported on first use so that
+``import power_sampling`` does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import (
+    Backend,
+    Continuation,
+    SampleOutput,
+    StopCondition,
+    TextBackend,
+    TopK,
+    TopKOutput,
+)
+from .table import TableLM
+
+if TYPE_CHECKING:
+    from .transformers import TransformersBackend
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TransformersBackend":
+        from .transformers import TransformersBackend
+
+        return TransformersBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "Backend",
+    "Continuation",
+    "SampleOutput",
+    "StopCondition",
+    "TableLM",
+    "TextBackend",
+    "TopK",
+    "TopKOutput",
+    "TransformersBackend",
+]

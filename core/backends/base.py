@@ -1,0 +1,188 @@
+"""The backend protocol: the two primitives every sampler is written against.
+
+A backend is a causal LM seen through token ids only. It offers
+
+* ``top_k``: the k most likely next tokens of each prefix with their base log-probs, and
+* ``sample``: ``n`` continuations of each prefix, up to a token budget, with their summed base
+  log-probs (temperature 1, no truncation) and a finished flag.
+
+Both are batched over prefixes, so a sampler makes one call per decision step, never one per
+candidate or per rollout. The shape fits vLLM (``SamplingParams(n=..., logprobs=...)``) and an
+OpenAI-compatible completions server (top-k ≤ 20 log-probs, ``n`` continuations) as well as the
+in-process transformers backend.
+
+``keep_cache`` is a hint: the caller will soon ask for prefixes that extend the returned
+sequences (the chosen candidate block, or a candidate token), so a backend with a KV cache keeps
+those rows instead of prefilling them again. Backends without a cache ignore it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+TokenIds = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StopCondition:
+    """Where a continuation ends, besides the length budget.
+
+    ``token_ids``: end-of-sequence / end-of-turn ids; the end token is part of the continuation.
+    ``strings``: stop strings, checked on decoded text by backends that have a tokenizer; the
+    continuation ends with the token that completes the string.
+    """
+
+    token_ids: frozenset[int] = frozenset()
+    strings: tuple[str, ...] = ()
+
+    def __or__(self, other: StopCondition) -> StopCondition:
+        return StopCondition(
+            self.token_ids | other.token_ids,
+            tuple(dict.fromkeys(self.strings + other.strings)),
+        )
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """One sampled continuation of a prefix.
+
+    ``logprob`` is the sum of the base model's log-probs (temperature 1) over ``token_ids``.
+    ``token_logprobs`` are those per-token base log-probs; ``proposal_logprobs`` are the per-token
+    log-probs under the distribution the tokens were actually drawn from (after temperature),
+    which the MCMC acceptance ratio needs. ``finished`` is True when the continuation ended at an
+    end token or stop string (included in ``token_ids``), False when it ran out of budget.
+    """
+
+    token_ids: TokenIds
+    logprob: float
+    finished: bool
+    token_logprobs: tuple[float, ...] = ()
+    proposal_logprobs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The most likely next tokens of one prefix, in descending order of base log-prob."""
+
+    token_ids: TokenIds
+    logprobs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """``continuations[i]`` holds the ``n`` continuations of ``prefixes[i]``.
+
+    ``forward_tokens`` counts the token positions the model actually ran (prefill plus decode),
+    so callers can see what the KV cache saved.
+    """
+
+    continuations: list[list[Continuation]]
+    forward_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TopKOutput:
+    entries: list[TopK]
+    forward_tokens: int = 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A causal LM over token ids. See the module docstring for the contract."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model scores."""
+        ...
+
+    @property
+    def stop(self) -> StopCondition:
+        """The model's own end-of-sequence and end-of-turn ids."""
+        ...
+
+    def top_k(
+        self, prefixes: Sequence[Sequence[int]], k: int, *, keep_cache: bool = False
+    ) -> TopKOutput:
+        """The ``k`` most likely next tokens of every prefix with their base log-probs."""
+        ...
+
+    def sample(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        n: int,
+        max_new_tokens: int | Sequence[int],
+        *,
+        seed: int,
+        temperature: float = 1.0,
+        stop: StopCondition | None = None,
+        keep_cache: bool = False,
+    ) -> SampleOutput:
+        """``n`` continuations of up to ``max_new_tokens`` tokens for every prefix.
+
+        ``max_new_tokens`` is one budget for all prefixes or one per prefix.
+        Tokens are drawn at ``temperature`` (1.0 = the base model) without top-k/top-p
+        truncation; ``seed`` makes the call reproducible. ``stop`` replaces the model's own
+        end condition when given (callers usually pass ``backend.stop | extra``).
+        """
+        ...
+
+
+@runtime_checkable
+class TextBackend(Backend, Protocol):
+    """A backend that also owns a tokenizer, so prompts can be text or chat messages."""
+
+    @property
+    def name(self) -> str:
+        """A short model name for logs, metadata and cache keys."""
+        ...
+
+    @property
+    def max_context(self) -> int | None:
+        """The model's context length in tokens, if known."""
+        ...
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` adds what the tokenizer adds to a prompt
+        (e.g. BOS)."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of ``token_ids`` with special tokens removed."""
+        ...
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
+        """Token ids of ``messages`` rendered with the model's chat template, generation prompt
+        added."""
+        ...
+
+
+def budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    """One token budget per prefix, from a shared int or a per-prefix sequence."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * count
+    out = [int(b) for b in max_new_tokens]
+    if len(out) != count:
+        raise ValueError(f"got {len(out)} token budgets for {count} prefixes; pass one per prefix")
+    return out
+
+
+def validate_prefixes(prefixes: Sequence[Sequence[int]], vocab_size: int) -> None:
+    """Reject empty prefixes and ids outside the vocabulary with a message that names the fix."""
+    for prefix in prefixes:
+        if len(prefix) == 0:
+            raise ValueError(
+                "empty prompt: the model needs at least one token to condition on; "
+                "pass a non-empty prompt (e.g. a BOS token)"
+            )
+        for token in prefix:
+            if not 0 <= int(token) < vocab_size:
+                raise ValueError(
+                    f"token id {token} is outside the vocabulary [0, {vocab_size}); "
+                    "encode the prompt with this model's tokenizer"
+                )

@@ -1,0 +1,161 @@
+"""TableLM: a language model given by a Python function, for exact tests and teaching.
+
+``TableLM(next_token_probs, eos_token_id)`` wraps any callable ``prefix -> probabilities over the
+vocabulary``. Small vocabularies and short lengths make every completion enumerable, so samplers
+can be compared with the exact power distribution (see :mod:`power_sampling.exact`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .base import (
+    Continuation,
+    SampleOutput,
+    StopCondition,
+    TopK,
+    TopKOutput,
+    budgets,
+    validate_prefixes,
+)
+
+NextTokenProbs = Callable[[tuple[int, ...]], Sequence[float]]
+
+
+class TableLM:
+    """A backend whose next-token distribution is ``next_token_probs(prefix)``.
+
+    ``prefix`` is the tuple of all token ids so far (prompt included). The returned probabilities
+    must be non-negative and sum to 1; the vocabulary size is their length (or ``vocab_size``).
+    """
+
+    def __init__(
+        self,
+        next_token_probs: NextTokenProbs,
+        eos_token_id: int | None,
+        *,
+        vocab_size: int | None = None,
+        name: str = "table",
+    ) -> None:
+        self._fn = next_token_probs
+        self._vocab_size = vocab_size
+        self._cache: dict[tuple[int, ...], np.ndarray] = {}
+        self.name = name
+        self._stop = StopCondition(
+            frozenset() if eos_token_id is None else frozenset({int(eos_token_id)})
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        if self._vocab_size is None:
+            self._vocab_size = len(self._fn((0,)))
+        return self._vocab_size
+
+    @property
+    def stop(self) -> StopCondition:
+        return self._stop
+
+    def probs(self, prefix: Sequence[int]) -> np.ndarray:
+        """The validated next-token distribution after ``prefix`` (float64, read-only)."""
+        key = tuple(int(t) for t in prefix)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        p = np.array(self._fn(key), dtype=np.float64)
+        if p.ndim != 1 or len(p) != self.vocab_size:
+            raise ValueError(
+                f"next_token_probs{key} returned shape {p.shape}; "
+                f"return one probability per token id (vocab_size={self.vocab_size})"
+            )
+        if not np.all(np.isfinite(p)) or np.any(p < 0):
+            raise ValueError(
+                f"next_token_probs{key} returned negative or non-finite values {p.tolist()}; "
+                "return probabilities >= 0"
+            )
+        if abs(p.sum() - 1.0) > 1e-6:
+            raise ValueError(
+                f"next_token_probs{key} sums to {p.sum():.6g}, not 1; normalise the probabilities"
+            )
+        p.flags.writeable = False
+        self._cache[key] = p
+        return p
+
+    def logprobs(self, prefix: Sequence[int]) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(self.probs(prefix))
+
+    def top_k(
+        self, prefixes: Sequence[Sequence[int]], k: int, *, keep_cache: bool = False
+    ) -> TopKOutput:
+        validate_prefixes(prefixes, self.vocab_size)
+        entries = []
+        for prefix in prefixes:
+            logp = self.logprobs(prefix)
+            ranked = np.argsort(-logp, kind="stable")[:k]
+            best = [int(t) for t in ranked if np.isfinite(logp[t])]
+            entries.append(TopK(tuple(best), tuple(float(logp[t]) for t in best)))
+        return TopKOutput(entries, forward_tokens=len(prefixes))
+
+    def sample(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        n: int,
+        max_new_tokens: int | Sequence[int],
+        *,
+        seed: int,
+        temperature: float = 1.0,
+        stop: StopCondition | None = None,
+        keep_cache: bool = False,
+    ) -> SampleOutput:
+        validate_prefixes(prefixes, self.vocab_size)
+        stop = self._stop if stop is None else stop
+        if stop.strings:
+            raise ValueError(
+                "TableLM has no tokenizer, so it cannot match stop strings; "
+                "pass stop token ids instead"
+            )
+        rng = np.random.default_rng(seed)
+        out = []
+        steps = 0
+        for prefix, budget in zip(prefixes, budgets(max_new_tokens, len(prefixes)), strict=True):
+            rows = []
+            for _ in range(n):
+                seq = [int(t) for t in prefix]
+                tokens: list[int] = []
+                base: list[float] = []
+                proposal: list[float] = []
+                finished = False
+                while len(tokens) < budget and not finished:
+                    logp = self.logprobs(seq)
+                    logq = _tempered(logp, temperature)
+                    token = _draw(logq, rng)
+                    tokens.append(token)
+                    seq.append(token)
+                    base.append(float(logp[token]))
+                    proposal.append(float(logq[token]))
+                    finished = token in stop.token_ids
+                steps += len(tokens)
+                rows.append(
+                    Continuation(
+                        tuple(tokens), float(sum(base)), finished, tuple(base), tuple(proposal)
+                    )
+                )
+            out.append(rows)
+        return SampleOutput(out, forward_tokens=steps)
+
+
+def _draw(logq: np.ndarray, rng: np.random.Generator) -> int:
+    """Inverse-CDF draw of one token from log-probs."""
+    cdf = np.cumsum(np.exp(logq))
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+
+
+def _tempered(logp: np.ndarray, temperature: float) -> np.ndarray:
+    """log-probs of the distribution p^(1/T), renormalised."""
+    if temperature == 1.0:
+        return logp
+    scaled = np.where(np.isfinite(logp), logp / temperature, -np.inf)
+    peak = scaled.max()
+    return scaled - (peak + np.log(np.exp(scaled - peak).sum()))

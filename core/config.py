@@ -1,0 +1,139 @@
+"""One flat, frozen settings object for every sampling method, validated once."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+Method = Literal["power", "mcmc", "low_temperature", "standard", "best_of_n"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+class PowerSamplingConfig(BaseModel):
+    """Settings of the samplers. Defaults are the paper's (arXiv 2601.21590, §6).
+
+    Invalid values raise ``ValueError`` naming the field, the value and the fix.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = "power"
+    """Which sampler runs: ``power`` (scalable power sampling, the default), ``mcmc`` (Karan & Du's
+    Metropolis-Hastings power sampling), ``low_temperature`` (temperature 1/alpha per token),
+    ``standard`` (temperature 1) or ``best_of_n`` (``best_of`` samples, highest base
+    log-likelihood wins)."""
+
+    alpha: float = 4.0
+    """Power exponent of the target p(x)^alpha; > 0, paper 4 (4-5 works best). 1 = the base
+    model. Used by ``power``, ``mcmc`` and ``low_temperature`` (as temperature 1/alpha)."""
+
+    top_k: int = 8
+    """K, candidates scored per step: the top-K tokens (``block_size`` 1) or the top-K distinct
+    candidate blocks by base log-likelihood; >= 1, paper 8. ``power`` only."""
+
+    num_rollouts: int = 8
+    """M, rollouts per candidate that estimate its future quality zeta; >= 1, paper 8. With 1 the
+    jackknife is skipped. ``power`` only."""
+
+    rollout_length: int = 192
+    """H, maximum tokens per rollout (shortened near ``max_new_tokens``); >= 1, default 192.
+    ``power`` only."""
+
+    block_size: int = 192
+    """B, tokens decided per step; >= 1, paper 192. 1 = token-level Algorithm 1, larger =
+    block-level Algorithm 2. ``power`` and ``mcmc`` (its block growth), and the streaming
+    granularity of ``standard`` and ``low_temperature``."""
+
+    num_candidates: int = 32
+    """L, candidate blocks drawn per block step before the top-K are kept; >= ``top_k`` when
+    ``block_size`` > 1, default 32. Unused at ``block_size`` 1. ``power`` only."""
+
+    jackknife: bool = True
+    """Use the jackknife-corrected estimate p_JK (bias O(1/M^2)) instead of the plain ratio
+    estimate p-hat (bias O(1/M)); default True. ``power`` only."""
+
+    mcmc_steps: int = 10
+    """Metropolis-Hastings steps per block; >= 0, paper 10. ``mcmc`` only."""
+
+    best_of: int = 32
+    """N, samples drawn by ``best_of_n``; >= 1, paper 32."""
+
+    max_new_tokens: int = 3072
+    """Maximum tokens generated after the prompt; >= 1, paper 3072."""
+
+    seed: int | None = None
+    """Seed of the sampler's random generator; the same seed gives the same output. None draws
+    a fresh seed per sampler."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PowerSamplingConfig:
+        if self.method not in METHODS:
+            _fail("method", self.method, f"use one of {', '.join(METHODS)}")
+        if not self.alpha > 0 or self.alpha != self.alpha or self.alpha == float("inf"):
+            _fail(
+                "alpha", self.alpha, "use a finite value > 0 (the paper uses 4; 1 = the base model)"
+            )
+        for name in ("top_k", "num_rollouts", "rollout_length", "block_size", "best_of"):
+            if getattr(self, name) < 1:
+                _fail(name, getattr(self, name), "use an integer >= 1")
+        if self.max_new_tokens < 1:
+            _fail("max_new_tokens", self.max_new_tokens, "use an integer >= 1")
+        if self.mcmc_steps < 0:
+            _fail("mcmc_steps", self.mcmc_steps, "use an integer >= 0")
+        if self.num_candidates < 1:
+            _fail("num_candidates", self.num_candidates, "use an integer >= 1")
+        if self.method == "power" and self.block_size > 1 and self.num_candidates < self.top_k:
+            _fail(
+                "num_candidates",
+                self.num_candidates,
+                f"block mode keeps the top_k={self.top_k} of num_candidates drawn blocks; "
+                f"use num_candidates >= top_k",
+            )
+        if self.seed is not None and self.seed < 0:
+            _fail("seed", self.seed, "use a non-negative integer or None")
+        return self
+
+    def replace(self, **changes: Any) -> PowerSamplingConfig:
+        """A copy with ``changes`` applied and validated."""
+        return PowerSamplingConfig(**{**self.model_dump(), **changes})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> PowerSamplingConfig:
+        """A named preset (``paper`` or ``cpu``) with ``overrides`` applied on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's settings (§6): alpha 4, B = H = 192, K = M = 8, L = 32, 3072 tokens, seed 0.
+    "paper": dict(
+        alpha=4.0,
+        block_size=192,
+        rollout_length=192,
+        top_k=8,
+        num_rollouts=8,
+        num_candidates=32,
+        max_new_tokens=3072,
+        mcmc_steps=10,
+        best_of=32,
+        seed=0,
+    ),
+    # Small budgets that finish in seconds to a minute per prompt on 2 CPU cores with a 135M model.
+    "cpu": dict(
+        alpha=4.0,
+        block_size=16,
+        rollout_length=16,
+        top_k=4,
+        num_rollouts=4,
+        num_candidates=8,
+        max_new_tokens=160,
+        mcmc_steps=2,
+        best_of=8,
+    ),
+}
+
+
+def _fail(field: str, value: object, fix: str) -> None:
+    raise ValueError(f"{field}={value!r} is invalid: {fix}")

@@ -1,0 +1,18 @@
+"""Evaluation tasks and graders: GSM8K, MATH-500, HumanEval, MBPP and GPQA-Diamond.
+
+Importing this package is cheap: math-verify is imported only when a math answer is graded.
+"""
+
+from power_sampling.evals.execution import ExecutionResult, run_python
+from power_sampling.evals.graders import GradeResult
+from power_sampling.evals.tasks import TASKS, Problem, Task, get_task
+
+__all__ = [
+    "TASKS",
+    "ExecutionResult",
+    "GradeResult",
+    "Problem",
+    "Task",
+    "get_task",
+    "run_python",
+]

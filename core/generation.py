@@ -1,0 +1,87 @@
+"""What a sampler returns: the generation, its cost, and optional per-step diagnostics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class GenerationStats:
+    """The cost of one generation.
+
+    ``candidate_tokens`` and ``rollout_tokens`` count tokens the sampler drew (candidate blocks or
+    MCMC proposals; look-ahead rollouts); ``forward_tokens`` counts positions the model actually
+    ran, prefill included, as reported by the backend (for prompts generated together, a call's
+    count is shared out by rows). ``wall_time`` is in seconds.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    backend_calls: int = 0
+    candidate_tokens: int = 0
+    rollout_tokens: int = 0
+    forward_tokens: int = 0
+    wall_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    """Diagnostics of one power-sampling decision (see :mod:`power_sampling.power_math`)."""
+
+    position: int
+    """Completion tokens committed before this step."""
+    candidates: list[tuple[int, ...]]
+    candidate_logprobs: list[float]
+    log_zeta: list[float]
+    p_hat: list[float]
+    p_jk: list[float]
+    chosen: int
+    num_rollouts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    """A finished generation: completion token ids (never the prompt), text, and its cost."""
+
+    token_ids: list[int]
+    finish_reason: FinishReason
+    stats: GenerationStats
+    text: str | None = None
+    """Decoded completion (stop string removed); None for a backend without a tokenizer."""
+    trace: list[StepTrace] | None = None
+    """Per-step diagnostics, when requested with ``trace=True``."""
+    prompt_token_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            "stats": self.stats.to_dict(),
+        }
+        if self.trace is not None:
+            out["trace"] = [step.to_dict() for step in self.trace]
+        return out
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a streamed generation: what was committed since the previous chunk.
+
+    Joined in order, ``text`` gives ``Generation.text`` and ``token_ids`` gives
+    ``Generation.token_ids``. The last chunk carries the finished ``generation``.
+    """
+
+    token_ids: tuple[int, ...]
+    text: str = ""
+    generation: Generation | None = None

@@ -1,0 +1,130 @@
+"""The power-sampling estimator, in log space, on plain arrays (no model in sight).
+
+Notation (algorithm.md §2-3): K candidates v with base log-probs log p(v | prefix); for each, M
+rollouts f_r with total base log-likelihoods Λ_r = Σ log p over the rollout's tokens.
+
+    log ζ̂(v)      = logsumexp_r( log w_r + (α-1) Λ_r )          w_r = 1/M for Monte Carlo
+    p̂(v)          = softmax_v( α log p(v) + log ζ̂(v) )
+    p̂_(-s)(v)     = the same with rollout s left out of every candidate (w_r = 1/(M-1))
+    p̂_JK(v)       = M p̂(v) - (M-1)/M Σ_s p̂_(-s)(v)
+
+ζ(v) = E_f[p(f)^(α-1)] is the "future quality" of v. With exact weights w_r = p(f_r) over every
+future f_r, log ζ̂ is exact; that is how tests compare this module with brute-force enumeration.
+A candidate with no future (it ended the sequence) has ζ = 1. All arithmetic is float64 and log
+space: (α-1) Λ is hundreds of nats for a 192-token rollout. Inputs are never mutated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Array = NDArray[np.float64]
+
+
+def logsumexp(x: ArrayLike, axis: int = -1) -> Array:
+    """log Σ exp(x) along ``axis``; all -inf gives -inf (not NaN)."""
+    a = np.asarray(x, dtype=np.float64)
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(a - peak), axis=axis, keepdims=True)) + peak
+    return np.squeeze(out, axis=axis)
+
+
+def softmax(logits: ArrayLike) -> Array:
+    """Normalised probabilities of 1-D log-weights (stable for any finite scale)."""
+    a = np.asarray(logits, dtype=np.float64)
+    return np.exp(a - logsumexp(a))
+
+
+def log_zeta(
+    rollout_logprobs: ArrayLike, alpha: float, log_weights: ArrayLike | None = None
+) -> Array:
+    """log ζ̂ per candidate from rollout log-likelihoods.
+
+    ``rollout_logprobs``: Λ, shape [K, M]. ``log_weights``: log w, shape [K, M]; default
+    -log M (Monte Carlo). Entries with weight -inf are padding (ragged exact enumeration) and
+    contribute nothing whatever their Λ.
+    """
+    lam = np.asarray(rollout_logprobs, dtype=np.float64)
+    weights = (
+        np.full_like(lam, -np.log(lam.shape[-1]))
+        if log_weights is None
+        else np.broadcast_to(np.asarray(log_weights, dtype=np.float64), lam.shape)
+    )
+    padded = np.isneginf(weights)
+    terms = np.where(padded, -np.inf, weights + (alpha - 1.0) * np.where(padded, 0.0, lam))
+    return logsumexp(terms, axis=-1)
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """What the estimator computed for one decision over K candidates."""
+
+    log_zeta: Array
+    """log ζ̂ per candidate (0 for a candidate without future)."""
+    p_hat: Array
+    """The plain ratio estimate p̂ of the power distribution over the candidates."""
+    p_jk: Array
+    """The jackknife estimate, clipped at 0 and renormalised (equals p̂ when M = 1 or when
+    clipping leaves nothing)."""
+    probs: Array
+    """The distribution sampled from: ``p_jk`` with the jackknife on, else ``p_hat``."""
+    p_jk_raw: Array | None = None
+    """The jackknife before clipping (sums to 1, entries may be negative); None without it."""
+
+
+def power_distribution(log_p: ArrayLike, log_zeta_: ArrayLike, alpha: float) -> Array:
+    """softmax(α log p + log ζ) over the candidates."""
+    return softmax(alpha * np.asarray(log_p, dtype=np.float64) + np.asarray(log_zeta_))
+
+
+def score_candidates(
+    log_p: ArrayLike,
+    rollout_logprobs: ArrayLike,
+    alpha: float,
+    *,
+    has_future: ArrayLike | None = None,
+    jackknife: bool = True,
+) -> CandidateScores:
+    """Estimate the power distribution over K candidates from M rollouts each.
+
+    ``log_p``: [K] base log-probs of the candidates (tokens or whole blocks).
+    ``rollout_logprobs``: [K, M] rollout log-likelihoods Λ; rows where ``has_future`` is False
+    (the candidate ended the sequence) are ignored and get log ζ = 0.
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    lam = np.asarray(rollout_logprobs, dtype=np.float64).reshape(len(log_p), -1)
+    future = (
+        np.ones(len(log_p), dtype=bool)
+        if has_future is None
+        else np.asarray(has_future, dtype=bool)
+    )
+    m = lam.shape[1]
+    if not future.any() or m == 0:
+        p = power_distribution(log_p, np.zeros_like(log_p), alpha)
+        return CandidateScores(np.zeros_like(log_p), p, p, p)
+
+    lz = np.where(future, log_zeta(np.where(future[:, None], lam, 0.0), alpha), 0.0)
+    p_hat = power_distribution(log_p, lz, alpha)
+    if m == 1 or not jackknife:
+        return CandidateScores(lz, p_hat, p_hat, p_hat)
+
+    # Leave rollout s out of every candidate at once: weights 1/(M-1) on the others.
+    leave_out = np.where(np.eye(m, dtype=bool), -np.inf, -np.log(m - 1))  # [M(s), M(r)]
+    lz_loo = log_zeta(
+        np.broadcast_to(np.where(future[:, None], lam, 0.0)[None], (m, len(log_p), m)),
+        alpha,
+        leave_out[:, None, :],
+    )  # [M(s), K]
+    lz_loo = np.where(future[None], lz_loo, 0.0)
+    p_loo = np.stack([power_distribution(log_p, row, alpha) for row in lz_loo])
+    raw = m * p_hat - (m - 1) / m * p_loo.sum(axis=0)
+    # Single jackknife entries can be negative: clip and renormalise (algorithm.md §7).
+    clipped = np.clip(raw, 0.0, None)
+    total = clipped.sum()
+    p_jk = clipped / total if total > 0 else p_hat
+    return CandidateScores(lz, p_hat, p_jk, p_jk, raw)

@@ -1,0 +1,36 @@
+"""One sampler per method, each written once over the backend protocol."""
+
+from __future__ import annotations
+
+from ..backends.base import Backend
+from ..config import PowerSamplingConfig
+from .base import Sampler, SequenceState
+from .baselines import BestOfNSampler, TemperatureSampler
+from .mcmc import MCMCSampler
+from .power import ScalablePowerSampler
+
+
+def make_sampler(backend: Backend, config: PowerSamplingConfig) -> Sampler:
+    """The sampler that implements ``config.method``."""
+    if config.method == "power":
+        return ScalablePowerSampler(backend, config)
+    if config.method == "mcmc":
+        return MCMCSampler(backend, config)
+    if config.method == "standard":
+        return TemperatureSampler(backend, config, temperature=1.0)
+    if config.method == "low_temperature":
+        return TemperatureSampler(backend, config, temperature=1.0 / config.alpha)
+    if config.method == "best_of_n":
+        return BestOfNSampler(backend, config)
+    raise ValueError(f"unknown method {config.method!r}")  # unreachable: config validates it
+
+
+__all__ = [
+    "BestOfNSampler",
+    "MCMCSampler",
+    "Sampler",
+    "ScalablePowerSampler",
+    "SequenceState",
+    "TemperatureSampler",
+    "make_sampler",
+]

@@ -1,0 +1,125 @@
+"""What every sampler shares: the per-sequence state, the step loop, and cost accounting.
+
+A sampler advances a batch of sequences (one per prompt) one decision step at a time; each step
+makes batched backend calls covering every active sequence. ``run`` yields the tokens each
+step commits, which is the single streaming iterator everything else is built on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backends.base import Backend, Continuation, StopCondition
+from ..config import PowerSamplingConfig
+from ..generation import GenerationStats, StepTrace
+
+
+@dataclass(eq=False)
+class SequenceState:
+    """One prompt's generation in progress (compared and hashed by identity)."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    finished: bool = False
+    """True once the sequence ended at a stop token or string (not merely the length cap)."""
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    trace: list[StepTrace] | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new_tokens - len(self.tokens)
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.remaining <= 0
+
+    @property
+    def prefix(self) -> tuple[int, ...]:
+        return self.prompt + tuple(self.tokens)
+
+    def commit(self, tokens: Sequence[int], finished: bool) -> tuple[int, ...]:
+        """Append decided tokens (cut at the length cap) and return them."""
+        accepted = tuple(tokens[: self.remaining])
+        self.tokens.extend(accepted)
+        self.finished = self.finished or (finished and len(accepted) == len(tokens))
+        return accepted
+
+
+Commit = tuple[SequenceState, tuple[int, ...]]
+
+
+class Sampler(ABC):
+    """Base class: subclasses implement ``step`` over the active sequences."""
+
+    def __init__(self, backend: Backend, config: PowerSamplingConfig) -> None:
+        self.backend = backend
+        self.config = config
+
+    def run(
+        self, states: Sequence[SequenceState], stop: StopCondition, rng: np.random.Generator
+    ) -> Iterator[list[Commit]]:
+        """Advance every state to completion, yielding each step's committed tokens."""
+        while active := [s for s in states if not s.done]:
+            commits = self.step(active, stop, rng)
+            for state in active:
+                state.stats.steps += 1
+            yield [(state, tokens) for state, tokens in commits if tokens]
+
+    @abstractmethod
+    def step(
+        self, active: list[SequenceState], stop: StopCondition, rng: np.random.Generator
+    ) -> list[Commit]:
+        """One decision step for every active sequence."""
+
+    # -- backend calls with cost accounting -------------------------------------------------
+
+    def sample(
+        self,
+        requests: Sequence[tuple[SequenceState, Sequence[int]]],
+        n: int,
+        budgets: Sequence[int],
+        *,
+        rng: np.random.Generator,
+        stop: StopCondition,
+        temperature: float = 1.0,
+        keep_cache: bool = False,
+        kind: str = "candidate",
+    ) -> list[list[Continuation]]:
+        """One batched ``backend.sample`` call for all requests, charged to their states."""
+        if not requests:
+            return []
+        out = self.backend.sample(
+            [prefix for _, prefix in requests],
+            n,
+            list(budgets),
+            seed=new_seed(rng),
+            temperature=temperature,
+            stop=stop,
+            keep_cache=keep_cache,
+        )
+        drawn = [sum(len(c.token_ids) for c in row) for row in out.continuations]
+        self._charge([state for state, _ in requests], drawn, out.forward_tokens, kind=kind)
+        return out.continuations
+
+    def _charge(
+        self, states: Sequence[SequenceState], drawn: Sequence[int], forward: int, kind: str
+    ) -> None:
+        total = max(sum(drawn), 1)
+        for state in dict.fromkeys(states):
+            mine = sum(d for s, d in zip(states, drawn, strict=True) if s is state)
+            state.stats.backend_calls += 1
+            state.stats.forward_tokens += round(forward * mine / total)
+            if kind == "rollout":
+                state.stats.rollout_tokens += mine
+            else:
+                state.stats.candidate_tokens += mine
+
+
+def new_seed(rng: np.random.Generator) -> int:
+    """A fresh seed for one backend call, drawn from the sampler's own generator."""
+    return int(rng.integers(0, 2**63 - 1))

@@ -1,0 +1,62 @@
+"""The baselines the paper compares against (algorithm.md §9).
+
+* standard: temperature 1 (the base model p);
+* low temperature: temperature 1/α per token (sharpens each next-token distribution alone);
+* best-of-N: N standard samples, the highest total base log-likelihood wins.
+
+Standard and low temperature commit ``block_size`` tokens per step (their streaming
+granularity), continuing from the backend's kept cache; this changes nothing in distribution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends.base import Backend, StopCondition
+from ..config import PowerSamplingConfig
+from .base import Commit, Sampler, SequenceState
+
+
+class TemperatureSampler(Sampler):
+    """Ancestral sampling at a fixed temperature: 1 (standard) or 1/α (low temperature)."""
+
+    def __init__(self, backend: Backend, config: PowerSamplingConfig, temperature: float) -> None:
+        super().__init__(backend, config)
+        self.temperature = temperature
+
+    def step(
+        self, active: list[SequenceState], stop: StopCondition, rng: np.random.Generator
+    ) -> list[Commit]:
+        drawn = self.sample(
+            [(s, s.prefix) for s in active],
+            1,
+            [min(self.config.block_size, s.remaining) for s in active],
+            rng=rng,
+            stop=stop,
+            temperature=self.temperature,
+            keep_cache=True,
+        )
+        return [
+            (state, state.commit(row[0].token_ids, row[0].finished))
+            for state, row in zip(active, drawn, strict=True)
+        ]
+
+
+class BestOfNSampler(Sampler):
+    """N full standard samples per prompt in one call; commit the most likely under p."""
+
+    def step(
+        self, active: list[SequenceState], stop: StopCondition, rng: np.random.Generator
+    ) -> list[Commit]:
+        drawn = self.sample(
+            [(s, s.prefix) for s in active],
+            self.config.best_of,
+            [s.remaining for s in active],
+            rng=rng,
+            stop=stop,
+        )
+        commits = []
+        for state, row in zip(active, drawn, strict=True):
+            best = max(row, key=lambda c: c.logprob)  # first of equals: deterministic
+            commits.append((state, state.commit(best.token_ids, best.finished)))
+        return commits
