@@ -16,7 +16,7 @@ class PowerSamplingConfig(BaseModel):
     Invalid values raise ``ValueError`` naming the field, the value and the fix.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     method: str = "power"
     """Which sampler runs: ``power`` (scalable power sampling, the default), ``mcmc`` (Karan & Du's

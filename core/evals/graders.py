@@ -80,10 +80,8 @@ def math_equal(gold: str, prediction: str) -> bool:
         return False
     from math_verify import verify
 
-    try:
-        return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None))
-    except Exception:  # sympy can raise on odd input; an unreadable answer is a wrong answer
-        return False
+    # math-verify reports its own comparison errors as False (raise_on_error defaults to False).
+    return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None))
 
 
 def grade_math(completion: str, gold: str) -> GradeResult:
@@ -151,10 +149,8 @@ def _parse_math(text: str) -> tuple[Any, ...]:
         raise ImportError(
             'math grading needs math-verify: pip install "power-sampling[eval]"'
         ) from err
-    try:
-        return tuple(parse("\\boxed{" + text + "}", parsing_timeout=None))
-    except Exception:
-        return ()
+    # Unparseable text gives an empty result, not an exception (raise_on_error defaults to False).
+    return tuple(parse("\\boxed{" + text + "}", parsing_timeout=None))
 
 
 # ----------------------------------------------------------------------------- multiple choice
@@ -199,25 +195,26 @@ def grade_choice(completion: str, gold_letter: str, letters: str = "ABCD") -> Gr
 # ----------------------------------------------------------------------------- code
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_PYTHON_TAGS = {"python", "python3", "py", ""}
+_PYTHON_TAGS = {"python", "python3", "py"}
 
 
 def extract_code(completion: str, function_name: str | None = None) -> str:
     """Python code of a chat model's answer.
 
-    Takes the last fenced Python block that defines ``function_name`` (when given), else the last
-    Python block, else the last block of any language; without fences the whole completion is
-    taken as code. An unclosed final fence (a generation cut off) counts as a block.
+    Takes the last fenced block that defines ``function_name`` (when given), else the last block
+    tagged as Python, else the last untagged block, else the last block; without fences the whole
+    completion is taken as code. An unclosed final fence (a generation cut off) counts as a block.
     """
     blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(completion)]
     if not blocks:
         return completion.strip("\n")
-    python = [body for tag, body in blocks if tag in _PYTHON_TAGS] or [b for _, b in blocks]
     if function_name is not None:
-        defining = [body for body in python if _defines(body, function_name)]
+        defining = [body for _, body in blocks if _defines(body, function_name)]
         if defining:
             return defining[-1]
-    return python[-1]
+    tagged = [body for tag, body in blocks if tag in _PYTHON_TAGS]
+    untagged = [body for tag, body in blocks if not tag]
+    return (tagged or untagged or [body for _, body in blocks])[-1]
 
 
 def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -230,48 +227,53 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-def humaneval_program(
-    prompt: str, completion: str, test: str, entry_point: str, *, chat: bool
-) -> str:
-    """The program that checks a HumanEval completion: solution, the tests, ``check(fn)``.
+def humaneval_solution(prompt: str, completion: str, entry_point: str, *, chat: bool) -> str:
+    """The solution code of a HumanEval completion, ready to be followed by the tests.
 
-    A base model continues ``prompt``, so its (truncated) completion is appended to it. A chat
-    model usually restates the whole function: the prompt still goes first, for its imports and
-    helper functions, and the model's definition replaces the prompt's docstring-only stub.
+    A base model continues ``prompt``, so its completion, cut at :data:`HUMANEVAL_STOPS`, is
+    appended to it. A chat model usually restates the whole function: the prompt still goes
+    first, for its imports and helper functions, and the model's definition then replaces the
+    prompt's docstring-only function. A chat answer holding only the body is appended as is.
+    """
+    if not chat:
+        return prompt + truncate_at_stops(completion, HUMANEVAL_STOPS)
+    code = extract_code(completion, entry_point)
+    return prompt + "\n" + code if _defines(code, entry_point) else prompt + code
+
+
+def humaneval_tests(test: str, entry_point: str) -> str:
+    """HumanEval's test code defines ``check(candidate)``; calling it runs the asserts."""
+    return f"{test}\n\ncheck({entry_point})\n"
+
+
+def mbpp_solution(completion: str, function_name: str | None = None, *, chat: bool) -> str:
+    """The solution code of an MBPP completion.
+
+    A base model continues a prompt that opened a ```python fence, so its code ends at ```.
     """
     if chat:
-        code = extract_code(completion, entry_point)
-        solution = prompt + "\n" + code if _defines(code, entry_point) else prompt + code
-    else:
-        solution = prompt + truncate_at_stops(completion, HUMANEVAL_STOPS)
-    return f"{solution}\n\n{test}\n\ncheck({entry_point})\n"
+        return extract_code(completion, function_name)
+    return truncate_at_stops(completion, ("```",))
 
 
-def mbpp_program(
-    completion: str,
-    tests: Sequence[str],
-    *,
-    setup: str = "",
-    function_name: str | None = None,
-    chat: bool,
-) -> str:
-    """The program that checks an MBPP completion: solution, setup code, the ``assert`` lines.
+def mbpp_tests(asserts: Sequence[str], setup: str = "") -> str:
+    """MBPP's setup code, then its ``assert`` lines.
 
-    The setup goes after the solution because it may use the solution's classes (task 367
-    builds trees of the ``Node`` class the solution defines). A base model continues a prompt
-    that opened a ```python fence, so its code ends at ```.
+    The setup runs after the solution because it may use the solution's classes (task 367
+    builds trees of the ``Node`` class the solution defines).
     """
-    if chat:
-        code = extract_code(completion, function_name)
-    else:
-        code = truncate_at_stops(completion, ("```",))
-    return f"{code}\n\n{setup}\n" + "\n".join(tests) + "\n"
+    return f"{setup}\n" + "\n".join(asserts) + "\n"
 
 
-def grade_program(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> GradeResult:
-    """Run an assembled test program in a child process; correct when every test passes."""
-    result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
-    return GradeResult(result.passed, program, result.detail)
+def grade_code(
+    solution: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int = 1024
+) -> GradeResult:
+    """Run ``solution`` followed by ``tests`` in a child process; correct if all tests pass.
+
+    The code never runs in this process (see :mod:`power_sampling.evals.execution`).
+    """
+    result = run_python(f"{solution}\n\n{tests}", timeout_s=timeout_s, memory_mb=memory_mb)
+    return GradeResult(result.passed, solution, result.detail)
 
 
 def _defines(code: str, function_name: str) -> bool:

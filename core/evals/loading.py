@@ -40,7 +40,8 @@ def read_jsonl(path: Path, required: Iterable[str]) -> list[dict[str, Any]]:
     text = _read_text(path)
     required = tuple(required)
     records: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line separators.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -167,7 +167,11 @@ class MATH500(Task):
 
 
 class CodeTask(Task):
-    """Shared settings of the code benchmarks: per-program time and memory limits."""
+    """Shared settings of the code benchmarks: per-program time and memory limits.
+
+    Set them on an instance to change them (``task.timeout_s = 5.0``). ``grade`` only waits on a
+    child process, so grading many completions from a thread pool runs them in parallel.
+    """
 
     timeout_s: float = 10.0
     memory_mb: int = 1024
@@ -201,14 +205,12 @@ class HumanEval(CodeTask):
         )
 
     def grade(self, problem: Problem, completion: str, *, chat: bool = True) -> GradeResult:
-        program = graders.humaneval_program(
-            problem.question,
-            completion,
-            problem.data["test"],
-            problem.data["entry_point"],
-            chat=chat,
+        entry_point = problem.data["entry_point"]
+        solution = graders.humaneval_solution(problem.question, completion, entry_point, chat=chat)
+        tests = graders.humaneval_tests(problem.data["test"], entry_point)
+        return graders.grade_code(
+            solution, tests, timeout_s=self.timeout_s, memory_mb=self.memory_mb
         )
-        return graders.grade_program(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
 
     def stop_sequences(self, chat: bool) -> tuple[str, ...]:
         return () if chat else graders.HUMANEVAL_STOPS
@@ -260,14 +262,11 @@ class MBPP(CodeTask):
         return self._instruction(problem) + "\n\n```python\n"
 
     def grade(self, problem: Problem, completion: str, *, chat: bool = True) -> GradeResult:
-        program = graders.mbpp_program(
-            completion,
-            problem.data["tests"],
-            setup=problem.data["setup"],
-            function_name=problem.data["function_name"],
-            chat=chat,
+        solution = graders.mbpp_solution(completion, problem.data["function_name"], chat=chat)
+        tests = graders.mbpp_tests(problem.data["tests"], problem.data["setup"])
+        return graders.grade_code(
+            solution, tests, timeout_s=self.timeout_s, memory_mb=self.memory_mb
         )
-        return graders.grade_program(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
 
     def stop_sequences(self, chat: bool) -> tuple[str, ...]:
         return () if chat else ("```",)
