@@ -63,8 +63,19 @@ class PowerSamplingConfig(BaseModel):
     """Maximum tokens generated after the prompt; >= 1, paper 3072."""
 
     seed: int | None = None
-    """Seed of the sampler's random generator; the same seed gives the same output. None draws
-    a fresh seed per sampler."""
+    """Seed of the sampler's random generator; the same seed gives the same output (per call:
+    every call with this seed repeats). None draws fresh randomness for every call."""
+
+    adaptive_tolerance: float = 0.0
+    """Adaptive rollout budget: roll out half of the M rollouts first and skip the rest of a
+    step when one candidate already holds at least 1 - tolerance of the estimated power
+    distribution; in [0, 1), default 0 (off: always M rollouts). ``power`` only."""
+
+    reuse_rollouts: bool = False
+    """Block mode: the chosen block's rollouts, cut to the next block's length, serve as up to M
+    of the next step's L candidate blocks, so only the rest are drawn afresh. Off by default:
+    those blocks were selected partly for their rollouts (see the README's performance
+    section for the measured effect). ``power`` only."""
 
     @model_validator(mode="after")
     def _check(self) -> PowerSamplingConfig:
@@ -90,6 +101,8 @@ class PowerSamplingConfig(BaseModel):
                 f"block mode keeps the top_k={self.top_k} of num_candidates drawn blocks; "
                 f"use num_candidates >= top_k",
             )
+        if not 0.0 <= self.adaptive_tolerance < 1.0:
+            _fail("adaptive_tolerance", self.adaptive_tolerance, "use a value in [0, 1); 0 = off")
         if self.seed is not None and self.seed < 0:
             _fail("seed", self.seed, "use a non-negative integer or None")
         return self

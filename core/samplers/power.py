@@ -6,11 +6,16 @@ One step, for every active sequence at once:
    tokens drawn from the base model, deduplicated, top-K by total log-likelihood (Algorithm 2).
    One batched backend call.
 2. Roll out: M continuations of up to H tokens (at most the tokens left) after every candidate
-   that did not end the sequence. One batched backend call for all K·M rollouts.
+   that did not end the sequence. One batched backend call for all K·M rollouts. A step with a
+   single distinct candidate needs none: the decision is already certain.
 3. Score: log ζ̂ from the rollouts, p̂ and the jackknife p̂_JK over the candidates
    (:func:`power_sampling.power_math.score_candidates`). A candidate that ended the sequence, or
    a step with no tokens left after it, has ζ = 1: the block low-temperature rule.
 4. Draw one candidate from p̂_JK with the sampler's generator and commit it.
+
+Two options go beyond the paper, both off by default: ``adaptive_tolerance`` spends the
+rollouts in two rounds and stops after the first where one candidate already dominates, and
+``reuse_rollouts`` recycles the chosen block's rollouts as next-step candidates.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.base import StopCondition
+from ..backends.base import Backend, Continuation, StopCondition
+from ..config import PowerSamplingConfig
 from ..generation import StepTrace
-from ..power_math import score_candidates
+from ..power_math import CandidateScores, score_candidates
 from .base import Commit, Sampler, SequenceState
 
 
@@ -32,64 +38,111 @@ class Candidate:
     finished: bool
 
 
+@dataclass
+class _Decision:
+    """One sequence's step in progress: its candidates and the rollout log-likelihoods so far."""
+
+    state: SequenceState
+    candidates: list[Candidate]
+    rollouts: list[list[Continuation]]
+    """Per candidate; empty for a candidate without a future."""
+    horizons: list[int]
+
+    @property
+    def scored(self) -> list[int]:
+        """Candidates that get rollouts (none when the choice is already certain)."""
+        if len(self.candidates) < 2:
+            return []
+        return [j for j, h in enumerate(self.horizons) if h > 0]
+
+    def score(self, alpha: float, jackknife: bool) -> CandidateScores:
+        m = max((len(r) for r in self.rollouts), default=0)
+        lam = np.zeros((len(self.candidates), m))
+        future = np.zeros(len(self.candidates), dtype=bool)
+        for j, row in enumerate(self.rollouts):
+            if row:
+                lam[j] = [r.logprob for r in row]
+                future[j] = True
+        log_p = [c.logprob for c in self.candidates]
+        return score_candidates(log_p, lam, alpha, has_future=future, jackknife=jackknife)
+
+
 class ScalablePowerSampler(Sampler):
     """Algorithms 1 and 2 of the paper over any backend."""
+
+    def __init__(self, backend: Backend, config: PowerSamplingConfig) -> None:
+        super().__init__(backend, config)
+        self._carried: dict[SequenceState, list[Continuation]] = {}
 
     def step(
         self, active: list[SequenceState], stop: StopCondition, rng: np.random.Generator
     ) -> list[Commit]:
         cfg = self.config
         if cfg.block_size == 1:
-            candidates = self._top_tokens(active, stop)
+            proposals = self._top_tokens(active, stop)
         else:
-            candidates = self._top_blocks(active, stop, rng)
+            proposals = self._top_blocks(active, stop, rng)
+        decisions = []
+        for state, candidates in zip(active, proposals, strict=True):
+            horizons = [
+                0 if c.finished else min(cfg.rollout_length, state.remaining - len(c.token_ids))
+                for c in candidates
+            ]
+            decisions.append(_Decision(state, candidates, [[] for _ in candidates], horizons))
 
-        # Roll out every candidate that leaves a future, all sequences in one call.
-        requests, budgets, owners = [], [], []
-        for i, (state, cands) in enumerate(zip(active, candidates, strict=True)):
-            if len(cands) < 2:
-                continue  # a single candidate is chosen with certainty: no rollouts needed
-            for j, cand in enumerate(cands):
-                horizon = min(cfg.rollout_length, state.remaining - len(cand.token_ids))
-                if not cand.finished and horizon > 0:
-                    requests.append((state, state.prefix + cand.token_ids))
-                    budgets.append(horizon)
-                    owners.append((i, j))
-        rollouts = self.sample(
-            requests, cfg.num_rollouts, budgets, rng=rng, stop=stop, kind="rollout"
+        # Rollouts, in two rounds when the adaptive budget is on.
+        first = cfg.num_rollouts
+        if cfg.adaptive_tolerance > 0 and cfg.num_rollouts >= 4:
+            first = cfg.num_rollouts // 2
+        self._roll_out(decisions, first, stop, rng)
+        if first < cfg.num_rollouts:
+            undecided = [
+                d
+                for d in decisions
+                if d.scored
+                and d.score(cfg.alpha, cfg.jackknife).probs.max() < 1 - cfg.adaptive_tolerance
+            ]
+            self._roll_out(undecided, cfg.num_rollouts - first, stop, rng)
+
+        return [self._choose(d, rng) for d in decisions]
+
+    def _roll_out(
+        self, decisions: list[_Decision], m: int, stop: StopCondition, rng: np.random.Generator
+    ) -> None:
+        """``m`` more rollouts for every scored candidate of every decision: one backend call."""
+        owners = [(d, j) for d in decisions for j in d.scored]
+        rows = self.sample(
+            [(d.state, d.state.prefix + d.candidates[j].token_ids) for d, j in owners],
+            m,
+            [d.horizons[j] for d, j in owners],
+            rng=rng,
+            stop=stop,
+            kind="rollout",
         )
-        lam = [np.zeros((len(c), cfg.num_rollouts)) for c in candidates]
-        has_future = [np.zeros(len(c), dtype=bool) for c in candidates]
-        for (i, j), row in zip(owners, rollouts, strict=True):
-            lam[i][j] = [r.logprob for r in row]
-            has_future[i][j] = True
+        for (d, j), row in zip(owners, rows, strict=True):
+            d.rollouts[j].extend(row)
 
-        commits = []
-        for i, (state, cands) in enumerate(zip(active, candidates, strict=True)):
-            scores = score_candidates(
-                [c.logprob for c in cands],
-                lam[i],
-                cfg.alpha,
-                has_future=has_future[i],
-                jackknife=cfg.jackknife,
-            )
-            chosen = int(rng.choice(len(cands), p=scores.probs)) if len(cands) > 1 else 0
-            if state.trace is not None:
-                state.trace.append(
-                    StepTrace(
-                        position=len(state.tokens),
-                        candidates=[c.token_ids for c in cands],
-                        candidate_logprobs=[c.logprob for c in cands],
-                        log_zeta=scores.log_zeta.tolist(),
-                        p_hat=scores.p_hat.tolist(),
-                        p_jk=scores.p_jk.tolist(),
-                        chosen=chosen,
-                        num_rollouts=int(has_future[i].sum()) * cfg.num_rollouts,
-                    )
+    def _choose(self, decision: _Decision, rng: np.random.Generator) -> Commit:
+        cfg, state, candidates = self.config, decision.state, decision.candidates
+        scores = decision.score(cfg.alpha, cfg.jackknife)
+        chosen = int(rng.choice(len(candidates), p=scores.probs)) if len(candidates) > 1 else 0
+        if state.trace is not None:
+            state.trace.append(
+                StepTrace(
+                    position=len(state.tokens),
+                    candidates=[c.token_ids for c in candidates],
+                    candidate_logprobs=[c.logprob for c in candidates],
+                    log_zeta=scores.log_zeta.tolist(),
+                    p_hat=scores.p_hat.tolist(),
+                    p_jk=scores.p_jk.tolist(),
+                    chosen=chosen,
+                    num_rollouts=sum(len(r) for r in decision.rollouts),
                 )
-            pick = cands[chosen]
-            commits.append((state, state.commit(pick.token_ids, pick.finished)))
-        return commits
+            )
+        if cfg.reuse_rollouts:
+            self._carried[state] = decision.rollouts[chosen]
+        pick = candidates[chosen]
+        return state, state.commit(pick.token_ids, pick.finished)
 
     def _top_tokens(
         self, active: list[SequenceState], stop: StopCondition
@@ -110,19 +163,40 @@ class ScalablePowerSampler(Sampler):
     def _top_blocks(
         self, active: list[SequenceState], stop: StopCondition, rng: np.random.Generator
     ) -> list[list[Candidate]]:
-        """Algorithm 2: draw L blocks, drop duplicates, keep the K most likely."""
+        """Algorithm 2: draw L blocks (less any reused ones), drop duplicates, keep the top K."""
         cfg = self.config
-        drawn = self.sample(
-            [(s, s.prefix) for s in active],
-            cfg.num_candidates,
-            [min(cfg.block_size, s.remaining) for s in active],
-            rng=rng,
-            stop=stop,
-            keep_cache=True,
-        )
+        pools = {state: self._reusable(state) for state in active}
+        # One call per distinct number of fresh blocks (all equal, except on a first step).
+        by_count: dict[int, list[SequenceState]] = {}
+        for state in active:
+            by_count.setdefault(cfg.num_candidates - len(pools[state]), []).append(state)
+        for count, states in by_count.items():
+            if count == 0:
+                continue
+            drawn = self.sample(
+                [(s, s.prefix) for s in states],
+                count,
+                [min(cfg.block_size, s.remaining) for s in states],
+                rng=rng,
+                stop=stop,
+                keep_cache=True,
+            )
+            for state, row in zip(states, drawn, strict=True):
+                pools[state].extend(Candidate(c.token_ids, c.logprob, c.finished) for c in row)
         out = []
-        for row in drawn:
-            distinct = {c.token_ids: Candidate(c.token_ids, c.logprob, c.finished) for c in row}
-            ranked = sorted(distinct.values(), key=lambda c: -c.logprob)
-            out.append(ranked[: cfg.top_k])
+        for state in active:
+            distinct = {c.token_ids: c for c in pools[state]}
+            out.append(sorted(distinct.values(), key=lambda c: -c.logprob)[: cfg.top_k])
         return out
+
+    def _reusable(self, state: SequenceState) -> list[Candidate]:
+        """The previous step's chosen-block rollouts, cut to this block's length."""
+        rollouts = self._carried.pop(state, [])
+        length = min(self.config.block_size, state.remaining)
+        return [
+            Candidate(r.token_ids[:length], sum(r.token_logprobs[:length]), r.finished)
+            if len(r.token_ids) <= length
+            else Candidate(r.token_ids[:length], sum(r.token_logprobs[:length]), False)
+            for r in rollouts[: self.config.num_candidates]
+            if len(r.token_ids) >= length or r.finished
+        ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from power_sampling import TableLM
 
 EOS = 0
@@ -17,6 +18,24 @@ def random_table(vocab_size: int, seed: int, concentration: float = 0.5) -> Tabl
         key = prefix[-2:]
         if key not in tables:
             tables[key] = rng.dirichlet(np.full(vocab_size, concentration))
+        return tables[key]
+
+    return TableLM(probs, EOS, vocab_size=vocab_size)
+
+
+def rarely_ending_table(
+    vocab_size: int, seed: int, eos: float = 0.05, concentration: float = 0.5
+) -> TableLM:
+    """Like ``random_table`` but EOS has a fixed small probability, so sequences run for
+    several blocks (what rollout reuse and multi-block tests need)."""
+    rng = np.random.default_rng(seed)
+    tables: dict[tuple[int, ...], np.ndarray] = {}
+
+    def probs(prefix: tuple[int, ...]) -> np.ndarray:
+        key = prefix[-2:]
+        if key not in tables:
+            rest = rng.dirichlet(np.full(vocab_size - 1, concentration)) * (1 - eos)
+            tables[key] = np.concatenate([[eos], rest])
         return tables[key]
 
     return TableLM(probs, EOS, vocab_size=vocab_size)

@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from tables import random_table
+
 from power_sampling import METHODS, PowerSampler, PowerSamplingConfig, TableLM
 from power_sampling.backends.scripted import ScriptedLM
 from power_sampling.testing import tiny_tokenizer
-from tables import random_table
 
 SMALL = dict(
     block_size=2, top_k=3, num_candidates=4, num_rollouts=3, rollout_length=3, max_new_tokens=6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from power_sampling import PRESETS, PowerSamplingConfig
 
 

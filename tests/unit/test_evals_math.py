@@ -23,6 +23,23 @@ def _math500_answers() -> list[str]:
         return [json.loads(line)["answer"] for line in handle]
 
 
+EQUIVALENT = [
+    ("\\frac{1}{2}", "0.5"),
+    ("\\frac{14}{3}", "\\dfrac{14}{3}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)"),
+    ("10", "10.0"),
+    ("\\text{(C)}", "(C)"),
+    ("\\sqrt{2}", "2^{1/2}"),
+]
+DIFFERENT = [
+    ("\\frac{14}{3}", "\\frac{14}{5}"),
+    ("3", "4"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{3} \\right)"),
+    ("-2", "2"),
+    ("x^2+1", "x^2-1"),
+]
+
+
 # ----------------------------------------------------------------------------- boxed
 
 
@@ -57,30 +74,26 @@ def test_every_math500_reference_verifies_against_itself() -> None:
     assert failures == []
 
 
-@pytest.mark.parametrize(
-    ("gold", "prediction"),
-    [
-        ("\\frac{1}{2}", "0.5"),
-        ("\\frac{14}{3}", "\\dfrac{14}{3}"),
-        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)"),
-        ("10", "10.0"),
-        ("\\text{(C)}", "(C)"),
-    ],
-)
+def test_math500_references_reject_the_next_problems_answer() -> None:
+    """Guards against a grader that accepts anything (or compares nothing but text)."""
+    answers = _math500_answers()
+    # Pairs that are equal as values: identical text, or math-verify reading "x=5" as 5.
+    same_value = {("5", "x=5")}
+    accepted = []
+    for gold, other in zip(answers, answers[1:] + answers[:1], strict=True):
+        if gold.replace(" ", "") == other.replace(" ", "") or (gold, other) in same_value:
+            continue
+        if grade_math(f"\\boxed{{{other}}}", gold).correct:
+            accepted.append((gold, other))
+    assert accepted == []
+
+
+@pytest.mark.parametrize(("gold", "prediction"), EQUIVALENT)
 def test_equivalent_forms_are_correct(gold: str, prediction: str) -> None:
     assert math_equal(gold, prediction)
 
 
-@pytest.mark.parametrize(
-    ("gold", "prediction"),
-    [
-        ("\\frac{14}{3}", "\\frac{14}{5}"),
-        ("3", "4"),
-        ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{3} \\right)"),
-        ("-2", "2"),
-        ("x^2+1", "x^2-1"),
-    ],
-)
+@pytest.mark.parametrize(("gold", "prediction"), DIFFERENT)
 def test_different_answers_are_wrong(gold: str, prediction: str) -> None:
     assert not math_equal(gold, prediction)
 
@@ -101,14 +114,15 @@ def test_overlong_answer_is_not_parsed() -> None:
 
 
 def test_grading_works_off_the_main_thread() -> None:
-    """math-verify's default timeouts use signals, which fail outside the main thread."""
+    """math-verify's default timeouts use signals, which fail outside the main thread.
+
+    The equivalent pairs differ as text, so only a real math-verify comparison accepts them.
+    """
     graders._parse_math.cache_clear()  # parse afresh inside the worker threads
-    answers = _math500_answers()[:40]
+    pairs = EQUIVALENT + DIFFERENT
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda a: grade_math(f"\\boxed{{{a}}}", a).correct, answers))
-        wrong = list(pool.map(lambda a: grade_math("\\boxed{123456789}", a).correct, answers))
-    assert all(results)
-    assert not any(wrong)
+        results = list(pool.map(lambda pair: grade_math(f"\\boxed{{{pair[1]}}}", pair[0]), pairs))
+    assert [r.correct for r in results] == [True] * len(EQUIVALENT) + [False] * len(DIFFERENT)
 
 
 # ----------------------------------------------------------------------------- GSM8K

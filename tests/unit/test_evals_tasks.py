@@ -171,7 +171,7 @@ def test_gpqa_shuffle_is_deterministic_per_seed() -> None:
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         get_task("math500", data_path=missing).load()
 
 
@@ -208,7 +208,7 @@ def test_gsm8k_answer_without_final_number_is_rejected(tmp_path: Path) -> None:
 def test_corrupt_gzip_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "HumanEval.jsonl.gz"
     path.write_bytes(gzip.compress(b'{"task_id": "x"}\n')[:-12])
-    with pytest.raises(ValueError, match="HumanEval.jsonl.gz"):
+    with pytest.raises(ValueError, match=r"HumanEval\.jsonl\.gz"):
         get_task("humaneval", data_path=path).load()
 
 
@@ -223,7 +223,7 @@ def test_zip_without_the_csv_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("readme.txt", "nothing here")
-    with pytest.raises(ValueError, match="no member named 'gpqa_diamond.csv'"):
+    with pytest.raises(ValueError, match=r"no member named 'gpqa_diamond\.csv'"):
         get_task("gpqa", data_path=path).load()
 
 

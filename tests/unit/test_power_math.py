@@ -6,13 +6,14 @@ import itertools
 
 import numpy as np
 import pytest
+from tables import EOS, random_table
+
 from power_sampling.power_math import (
     log_zeta,
     logsumexp,
     power_distribution,
     score_candidates,
 )
-from tables import EOS, random_table
 
 
 def test_alpha_one_recovers_the_base_distribution_over_candidates() -> None:

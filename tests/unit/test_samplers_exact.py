@@ -11,9 +11,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from tables import early_stop_trap, few_good_futures, random_table
+
 from power_sampling import PowerSampler, PowerSamplingConfig, exact
 from power_sampling.exact import total_variation
-from tables import early_stop_trap, few_good_futures, random_table
 
 PROMPT = (1,)
 
