@@ -56,6 +56,8 @@ class Generation:
     token_ids: list[int]
     finish_reason: FinishReason
     stats: GenerationStats
+    logprob: float = 0.0
+    """Base log-likelihood log p(token_ids | prompt) under the model at temperature 1."""
     text: str | None = None
     """Decoded completion (stop string removed); None for a backend without a tokenizer."""
     trace: list[StepTrace] | None = None
@@ -67,6 +69,7 @@ class Generation:
             "text": self.text,
             "token_ids": self.token_ids,
             "finish_reason": self.finish_reason,
+            "logprob": self.logprob,
             "stats": self.stats.to_dict(),
         }
         if self.trace is not None:

@@ -194,6 +194,7 @@ class PowerSampler:
             token_ids=list(state.tokens),
             finish_reason="stop" if state.finished else "length",
             stats=state.stats,
+            logprob=state.logprob,
             text=tracker.text,
             trace=state.trace,
             prompt_token_ids=list(state.prompt),

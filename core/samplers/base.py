@@ -27,6 +27,8 @@ class SequenceState:
     tokens: list[int] = field(default_factory=list)
     finished: bool = False
     """True once the sequence ended at a stop token or string (not merely the length cap)."""
+    logprob: float = 0.0
+    """Base log-likelihood log p(tokens | prompt) of the committed tokens."""
     stats: GenerationStats = field(default_factory=GenerationStats)
     trace: list[StepTrace] | None = None
 
@@ -42,11 +44,14 @@ class SequenceState:
     def prefix(self) -> tuple[int, ...]:
         return self.prompt + tuple(self.tokens)
 
-    def commit(self, tokens: Sequence[int], finished: bool) -> tuple[int, ...]:
-        """Append decided tokens (cut at the length cap) and return them."""
-        accepted = tuple(tokens[: self.remaining])
+    def commit(self, tokens: Sequence[int], finished: bool, logprob: float) -> tuple[int, ...]:
+        """Append decided tokens with their base log-likelihood and return them."""
+        if len(tokens) > self.remaining:
+            raise AssertionError("samplers never propose past the length cap")
+        accepted = tuple(tokens)
         self.tokens.extend(accepted)
-        self.finished = self.finished or (finished and len(accepted) == len(tokens))
+        self.logprob += logprob
+        self.finished = self.finished or finished
         return accepted
 
 

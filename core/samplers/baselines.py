@@ -37,7 +37,7 @@ class TemperatureSampler(Sampler):
             keep_cache=True,
         )
         return [
-            (state, state.commit(row[0].token_ids, row[0].finished))
+            (state, state.commit(row[0].token_ids, row[0].finished, row[0].logprob))
             for state, row in zip(active, drawn, strict=True)
         ]
 
@@ -58,5 +58,5 @@ class BestOfNSampler(Sampler):
         commits = []
         for state, row in zip(active, drawn, strict=True):
             best = max(row, key=lambda c: c.logprob)  # first of equals: deterministic
-            commits.append((state, state.commit(best.token_ids, best.finished)))
+            commits.append((state, state.commit(best.token_ids, best.finished, best.logprob)))
         return commits

@@ -109,7 +109,7 @@ class MCMCSampler(Sampler):
         for state, chain in zip(active, chains, strict=True):
             if chain.finished or chain.length >= state.max_new_tokens:
                 del self._chains[state]
-                commits.append((state, state.commit(chain.tokens, chain.finished)))
+                commits.append((state, state.commit(chain.tokens, chain.finished, sum(chain.base))))
         return commits
 
     def _chain(self, state: SequenceState) -> _Chain:

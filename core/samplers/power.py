@@ -142,7 +142,7 @@ class ScalablePowerSampler(Sampler):
         if cfg.reuse_rollouts:
             self._carried[state] = decision.rollouts[chosen]
         pick = candidates[chosen]
-        return state, state.commit(pick.token_ids, pick.finished)
+        return state, state.commit(pick.token_ids, pick.finished, pick.logprob)
 
     def _top_tokens(
         self, active: list[SequenceState], stop: StopCondition

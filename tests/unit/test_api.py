@@ -153,3 +153,15 @@ def test_importing_the_package_loads_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_generation_logprob_is_the_base_log_likelihood(method: str) -> None:
+    lm = random_table(6, 7)
+    config = PowerSamplingConfig(method=method, best_of=3, mcmc_steps=3, **SMALL)
+    generation = PowerSampler(lm, config).generate([1], seed=0)
+    seq, expected = [1], 0.0
+    for token in generation.token_ids:
+        expected += float(np.log(lm.probs(seq)[token]))
+        seq.append(token)
+    assert generation.logprob == pytest.approx(expected, abs=1e-9)
