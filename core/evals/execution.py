@@ -151,12 +151,16 @@ def run_python(
                 stderr=stderr,
                 start_new_session=True,
             )
-            exited = _wait_without_reaping(proc.pid, timeout_s)
-            # Kill the whole group, the program's leftover children included. The child is not
-            # reaped yet, so its pid (the group id) cannot have been reused by another process.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            returncode = proc.wait()
+            exited = False
+            try:
+                exited = _wait_without_reaping(proc.pid, timeout_s)
+            finally:
+                # Kill the whole group, the program's leftover children included (also when the
+                # wait is interrupted). The child is not reaped yet, so its pid, which is the
+                # group id, cannot have been reused by another process.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                returncode = proc.wait()
         duration = time.perf_counter() - start
         if not exited:
             return ExecutionResult("timeout", f"timed out after {timeout_s:g} s", duration)
