@@ -8,10 +8,11 @@ describing them and the ``<tool_call>{...}</tool_call>`` format) and parses the 
 A forced ``tool_choice`` (a tool name, or ``"any"``) always yields a call: the assistant turn is
 prefilled with ``<tool_call>{"name": "<tool>", "arguments":`` so the model writes only the
 arguments (retried once, else returned in ``invalid_tool_calls``). The recipe shows that first,
-then runs the agent loop.
+then runs the agent loop (a model this small often answers without calling the tool; that is its
+choice, as ``tool_choice="auto"`` allows).
 
-Run ``python cookbook/02_langchain_agent.py`` (the embedded SmolLM2-135M-Instruct, a small model:
-expect clumsy arguments; a minute or two on a CPU). ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a
+Run ``python cookbook/02_langchain_agent.py`` (the embedded SmolLM2-135M-Instruct; under a minute
+on a CPU). ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a
 tiny random model instead (a smoke test).
 """
 
@@ -23,7 +24,7 @@ import os
 from typing import Any
 
 from langchain.agents import create_agent
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.errors import GraphRecursionError
 
@@ -65,6 +66,9 @@ def calculator(expression: str) -> str:
         return f"error: {exc}"
 
 
+calculator.handle_validation_error = True  # wrong arguments come back as an error message
+
+
 def make_llm(**settings: Any) -> ChatPowerSampling:
     if TINY:
         from power_sampling.backends import TransformersBackend
@@ -77,23 +81,35 @@ def make_llm(**settings: Any) -> ChatPowerSampling:
 
 def main() -> None:
     llm = make_llm(**SETTINGS)
-    question = "What is 37 * 49 + 12? Use the calculator."
+    # One worked example in the history (a tool call, its result, the answer) shows a small model
+    # the tool's argument names; the conversation history takes tool calls and ToolMessages.
+    example = [
+        HumanMessage("What is 6 * 7?"),
+        AIMessage(
+            "", tool_calls=[{"name": "calculator", "args": {"expression": "6 * 7"}, "id": "0"}]
+        ),
+        ToolMessage("42", tool_call_id="0"),
+        AIMessage("6 * 7 = 42."),
+    ]
+    question = HumanMessage("What is 37 * 49 + 12?")
 
-    forced = llm.bind_tools([calculator], tool_choice="calculator").invoke(question)
+    forced = llm.bind_tools([calculator], tool_choice="calculator").invoke([*example, question])
     for call in forced.tool_calls:
-        print(f"forced call: calculator({call['args']}) -> {calculator.invoke(call['args'])}")
+        print(f"forced call: calculator({call['args']}) -> {calculator.invoke(call).content}")
     for bad in forced.invalid_tool_calls:
         print(f"forced call did not parse: {bad['args']!r} ({bad['error']})")
 
     agent = create_agent(llm, [calculator], system_prompt="Use the calculator for arithmetic.")
     try:
-        state = agent.invoke({"messages": [HumanMessage(question)]}, {"recursion_limit": 6})
+        state = agent.invoke({"messages": [*example, question]}, {"recursion_limit": 6})
     except GraphRecursionError:
         print("the agent kept calling tools; stopped after 6 steps")
         return
-    for message in state["messages"]:
+    for message in state["messages"][len(example) :]:
         calls = getattr(message, "tool_calls", None)
-        print(f"{type(message).__name__}: {message.content!r}" + (f" calls {calls}" if calls else ""))
+        print(
+            f"{type(message).__name__}: {message.content!r}" + (f" calls {calls}" if calls else "")
+        )
 
 
 if __name__ == "__main__":

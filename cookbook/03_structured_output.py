@@ -9,7 +9,8 @@
 
 A reply that does not parse or validate raises ``OutputParserException``; with
 ``include_raw=True`` you get ``{"raw": AIMessage, "parsed": obj | None, "parsing_error": ...}``
-instead, as here, so a small model's mistakes are visible rather than fatal.
+instead, as here, so a small model's mistakes are visible rather than fatal. A worked example in
+the history (in the method's own format) is what gets a 135M model to fill in the fields.
 
 Run ``python cookbook/03_structured_output.py`` (the embedded SmolLM2-135M-Instruct; a minute or
 two on a CPU). ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random model instead (a smoke
@@ -18,9 +19,11 @@ test: it cannot write valid JSON, which the recipe reports).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import BaseModel, Field
 
 from power_sampling.integrations.langchain import ChatPowerSampling
@@ -57,10 +60,20 @@ def make_llm(**settings: Any) -> ChatPowerSampling:
 
 def main() -> None:
     llm = make_llm(**SETTINGS)
-    question = "Which city is the Eiffel Tower in?"
-    for method in ("function_calling", "json_mode"):
+    # A worked example in each method's own format helps a small model fill in the fields.
+    rome = {"name": "Rome", "country": "Italy"}
+    examples = {
+        "function_calling": [
+            HumanMessage("Which city is the Colosseum in?"),
+            AIMessage("", tool_calls=[{"name": "City", "args": rome, "id": "0"}]),
+            ToolMessage("You have correctly called this tool.", tool_call_id="0"),
+        ],
+        "json_mode": [HumanMessage("Which city is the Colosseum in?"), AIMessage(json.dumps(rome))],
+    }
+    question = HumanMessage("Which city is the Eiffel Tower in?")
+    for method, example in examples.items():
         structured = llm.with_structured_output(City, method=method, include_raw=True)
-        result = structured.invoke(question)
+        result = structured.invoke([*example, question])
         if result["parsed"] is not None:
             print(f"{method}: {result['parsed']!r}")
         else:

@@ -569,15 +569,17 @@ def render_demo(
         )
     ratio = power.stats.wall_time / max(standard.stats.wall_time, 1e-9)
     forward = power.stats.forward_tokens / max(standard.stats.forward_tokens, 1)
-    lines += [
-        "",
+    summary = (
         f"Power sampling took {ratio:.1f}x the wall time and {forward:.1f}x the forward tokens "
-        f"of standard sampling (model load {load_time:.1f} s, not counted).",
-        f"Settings: block_size={config.block_size} top_k={config.top_k} "
+        f"of standard sampling (model load {load_time:.1f} s, not counted)."
+    )
+    settings = (
+        f"Settings: alpha={config.alpha:g} block_size={config.block_size} top_k={config.top_k} "
         f"num_rollouts={config.num_rollouts} rollout_length={config.rollout_length} "
         f"num_candidates={config.num_candidates} max_new_tokens={config.max_new_tokens} "
-        f"seed={config.seed}",
-    ]
+        f"seed={config.seed}"
+    )
+    lines += ["", *textwrap.wrap(summary, width), *textwrap.wrap(settings, width)]
     return "\n".join(lines)
 
 
@@ -620,8 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. piped into head
-        sys.stderr.close()
+    except BrokenPipeError:  # the reader went away (e.g. piped into head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except ValueError as exc:  # bad input found while running (prompt too long, ...)
         if args.verbose:

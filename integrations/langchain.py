@@ -58,7 +58,7 @@ from langchain_core.outputs import (
 )
 from langchain_core.outputs import Generation as TextGeneration
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from power_sampling import Generation, PowerSampler, PowerSamplingConfig, TextBackend
@@ -70,10 +70,10 @@ logger = logging.getLogger(__name__)
 
 Stop = list[str] | None
 _CONFIG_FIELDS = tuple(PowerSamplingConfig.model_fields)
-_BUDGET = ("top_k", "num_rollouts", "rollout_length", "block_size", "num_candidates")
-_BUDGET += ("mcmc_steps", "best_of", "max_new_tokens")
-_STATS = ("steps", "backend_calls", "candidate_tokens", "rollout_tokens", "forward_tokens")
-_STATS += ("wall_time",)
+_BUDGET: tuple[str, ...] = ("top_k", "num_rollouts", "rollout_length", "block_size")
+_BUDGET += ("num_candidates", "mcmc_steps", "best_of", "max_new_tokens")
+_STATS: tuple[str, ...] = ("steps", "backend_calls", "candidate_tokens", "rollout_tokens")
+_STATS += ("forward_tokens", "wall_time")
 # Call options that LangChain or agents may pass and that mean nothing to a local sampler.
 _IGNORED = {"stream", "strict", "parallel_tool_calls", "temperature", "max_retries", "timeout"}
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
@@ -201,8 +201,8 @@ class _PowerSamplingParams(BaseModel):
             raise TypeError(f"{type(self).__name__} needs a backend with a tokenizer")
         return backend
 
-    def _options(self, stop: Stop, kwargs: dict[str, Any]) -> tuple[list[str], Any, dict[str, Any]]:
-        """A call's stop strings, seed and config overrides (validated here, by the core)."""
+    def _options(self, stop: Stop, kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        """A call's stop strings and config overrides (``seed``, ``alpha``, ...), validated."""
         kwargs = dict(kwargs)
         if kwargs.get("model") not in (None, self.model_name):
             raise ValueError(
@@ -212,21 +212,20 @@ class _PowerSamplingParams(BaseModel):
         kwargs.pop("model", None)
         if "max_tokens" in kwargs:
             kwargs["max_new_tokens"] = kwargs.pop("max_tokens")
-        seed = kwargs.pop("seed", None)
         overrides = {k: kwargs.pop(k) for k in _CONFIG_FIELDS if k in kwargs}
         if unknown := set(kwargs) - _IGNORED:
             logger.warning("%s ignores call options %s", type(self).__name__, sorted(unknown))
         self._config.replace(**overrides)
-        return list(self.stop or []) if stop is None else list(stop), seed, overrides
+        return list(self.stop or []) if stop is None else list(stop), overrides
 
-    def _cost(self, gens: Sequence[Generation], overrides: Mapping[str, Any], seed: Any) -> dict:
+    def _cost(self, gens: Sequence[Generation], overrides: Mapping[str, Any]) -> dict:
         """Settings and measured work of a call, for ``response_metadata["power_sampling"]``."""
         config = self._config.replace(**overrides)
         return {
             "method": config.method,
             "alpha": config.alpha,
             "budget": {k: getattr(config, k) for k in _BUDGET},
-            "seed": config.seed if seed is None else seed,
+            "seed": config.seed,
             "attempts": len(gens),
             **{k: sum(getattr(g.stats, k) for g in gens) for k in _STATS},
         }
@@ -246,9 +245,9 @@ class PowerSamplingLLM(_PowerSamplingParams, BaseLLM):
     def _generate(
         self, prompts: list[str], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> LLMResult:
-        stop, seed, overrides = self._options(stop, kwargs)
-        gens = self._sampler().generate_batch(prompts, stop=stop, seed=seed, **overrides)
-        infos = [self._info(g, overrides, seed) for g in gens]
+        stop, overrides = self._options(stop, kwargs)
+        gens = self._sampler().generate_batch(prompts, stop=stop, **overrides)
+        infos = [self._info(g, overrides) for g in gens]
         return LLMResult(
             generations=[
                 [TextGeneration(text=g.text or "", generation_info=i)]
@@ -283,16 +282,16 @@ class PowerSamplingLLM(_PowerSamplingParams, BaseLLM):
 
     def _chunks(self, prompt: str, stop: Stop, kwargs: dict[str, Any]) -> Iterator[GenerationChunk]:
         """Committed text as the sampler decides it; the last chunk has finish reason and cost."""
-        stop, seed, overrides = self._options(stop, kwargs)
-        for chunk in self._sampler().stream(prompt, stop=stop, seed=seed, **overrides):
-            info = self._info(chunk.generation, overrides, seed) if chunk.generation else None
+        stop, overrides = self._options(stop, kwargs)
+        for chunk in self._sampler().stream(prompt, stop=stop, **overrides):
+            info = self._info(chunk.generation, overrides) if chunk.generation else None
             if chunk.text or info:
                 yield GenerationChunk(text=chunk.text, generation_info=info)
 
-    def _info(self, gen: Generation, overrides: Mapping[str, Any], seed: Any) -> dict[str, Any]:
+    def _info(self, gen: Generation, overrides: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "finish_reason": gen.finish_reason,
-            "power_sampling": self._cost([gen], overrides, seed),
+            "power_sampling": self._cost([gen], overrides),
         }
 
 
@@ -305,8 +304,7 @@ class _Request:
     forced: str | None  # a tool name, "required" (any tool), or None
     prefill: str  # text the assistant turn starts with (JSON mode)
     stop: list[str]
-    seed: Any
-    overrides: dict[str, Any]
+    overrides: dict[str, Any]  # config fields of this call, seed included
 
 
 @dataclass
@@ -347,6 +345,7 @@ class ChatPowerSampling(_PowerSamplingParams, BaseChatModel):
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> ChatResult:
         *_, reply = self._run(messages, stop, kwargs)
+        assert isinstance(reply, _Reply)  # the last item; text deltas come before it
         message = AIMessage(
             content=reply.content,
             tool_calls=reply.tool_calls,
@@ -416,7 +415,7 @@ class ChatPowerSampling(_PowerSamplingParams, BaseChatModel):
         elif method in ("json_mode", "json_schema"):
             response_format = {
                 "type": "json_schema",
-                "json_schema": {"schema": convert_to_json_schema(schema)},
+                "json_schema": {"schema": convert_to_openai_tool(schema)["function"]["parameters"]},
             }
             llm = self.bind(response_format=response_format, ls_structured_output_format=trace)
             parser = JsonOutputParser()
@@ -454,9 +453,7 @@ class ChatPowerSampling(_PowerSamplingParams, BaseChatModel):
         else:
             splitter = _ReplySplitter(request.prefill, tools=bool(request.tools))
             prompt = request.ids + self._backend().encode(request.prefill)
-            for chunk in self._sampler().stream(
-                prompt, stop=request.stop, seed=request.seed, **request.overrides
-            ):
+            for chunk in self._sampler().stream(prompt, stop=request.stop, **request.overrides):
                 if delta := splitter.push(chunk.text):
                     yield delta
                 if chunk.generation is not None:
@@ -466,7 +463,7 @@ class ChatPowerSampling(_PowerSamplingParams, BaseChatModel):
         metadata = {
             "model_name": self.model_name,
             "finish_reason": gens[-1].finish_reason,
-            "power_sampling": self._cost(gens, request.overrides, request.seed),
+            "power_sampling": self._cost(gens, request.overrides),
         }
         yield _Reply(content, tail, calls, invalid, _usage(gens), metadata)
 
@@ -476,7 +473,7 @@ class ChatPowerSampling(_PowerSamplingParams, BaseChatModel):
         names = [t["function"]["name"] for t in tools]
         choice = _tool_choice(kwargs.pop("tool_choice", None), names)
         response_format = kwargs.pop("response_format", None)
-        stop, seed, overrides = self._options(stop, kwargs)
+        stop, overrides = self._options(stop, kwargs)
         if choice == "none":
             tools, names = [], []
         dicts, prefill = [_message_dict(m) for m in messages], ""
@@ -489,7 +486,7 @@ class ChatPowerSampling(_PowerSamplingParams, BaseChatModel):
         forced = None if not tools or choice == "auto" else choice
         if forced == "required" and len(names) == 1:
             forced = names[0]
-        return _Request(self._render(dicts, tools), names, forced, prefill, stop, seed, overrides)
+        return _Request(self._render(dicts, tools), names, forced, prefill, stop, overrides)
 
     def _render(self, dicts: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
         """Chat-template token ids; tools through the template, or a system message if it has no
@@ -517,19 +514,18 @@ class ChatPowerSampling(_PowerSamplingParams, BaseChatModel):
         opening (and the tool's name, when known) and the model writes the rest. If that does not
         parse, retry once, with the next seed and the bound tool closest to the name written."""
         name = request.forced if request.forced in request.tools else None
-        seed, gens, invalid = request.seed, [], []
+        overrides, gens, invalid = request.overrides, list[Generation](), list[Any]()
         for _ in range(2):
             prefill = _OPEN + '\n{"name": "' + (f'{name}", "arguments":' if name else "")
             prompt = request.ids + self._backend().encode(prefill)
-            gen = self._sampler().generate(
-                prompt, stop=[*request.stop, _CLOSE], seed=seed, **request.overrides
-            )
+            gen = self._sampler().generate(prompt, stop=[*request.stop, _CLOSE], **overrides)
             gens.append(gen)
             calls, invalid = _parse_tool_calls(prefill + (gen.text or ""), request.tools)
             if calls and calls[0]["name"] == (name or calls[0]["name"]):
                 return gens, calls[:1], []
             name = name or _closest_name(prefill + (gen.text or ""), request.tools)
-            seed = None if seed is None else seed + 1
+            seed = self._config.replace(**overrides).seed
+            overrides = {**overrides, "seed": None if seed is None else seed + 1}
         return gens, [], invalid[:1]
 
 
@@ -617,8 +613,8 @@ def _parse_tool_calls(text: str, names: Sequence[str]) -> tuple[list[Any], list[
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks as tool calls; a block
     that is not JSON, or names no bound tool, becomes an invalid tool call with the error."""
     calls, invalid = [], []
-    for body in re.findall(r"<tool_call>(.*?)(?:</tool_call>|\Z)", text, re.S):
-        call_id = f"call_{uuid.uuid4().hex[:24]}"
+    for match in re.finditer(r"<tool_call>(.*?)(?:</tool_call>|\Z)", text, re.S):
+        body, call_id = match.group(1), f"call_{uuid.uuid4().hex[:24]}"
         try:
             obj, _ = json.JSONDecoder().raw_decode(body.strip())
             name, args = obj["name"], obj.get("arguments", obj.get("parameters", {}))
@@ -630,8 +626,10 @@ def _parse_tool_calls(text: str, names: Sequence[str]) -> tuple[list[Any], list[
             written = re.search(r'"name":\s*"([^"]*)"', body)
             error = f"{type(exc).__name__}: {exc}"
             invalid.append(
+                # args: the call as written, tags included (so LangChain's partial-JSON parsing
+                # of streamed chunks cannot turn it into a valid call)
                 invalid_tool_call(
-                    name=written and written.group(1), args=body.strip(), id=call_id, error=error
+                    name=written and written.group(1), args=match.group(0), id=call_id, error=error
                 )
             )
     return calls, invalid
@@ -721,7 +719,8 @@ _DONE = object()
 async def _in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
     """Run a blocking iterator in a worker thread and yield its items without blocking the event
     loop. Closing the async iterator early stops the worker after its current sampler step."""
-    loop, queue, cancelled = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+    loop, cancelled = asyncio.get_running_loop(), threading.Event()
+    queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
 
     def put(item: Any, error: BaseException | None = None) -> None:
         try:

@@ -15,6 +15,9 @@ Rows of different lengths share a batch by padding: caches are left-padded with 
 columns, and rows extended by different numbers of tokens leave masked holes; positions count
 real tokens only, so every row sees exactly the positions of its own sequence.
 
+``forward_tokens`` counts the token positions the model ran: the new tokens of every prefix
+once (padding excluded), plus one per batch row per decode step.
+
 Log-probs are the model's raw base log-probs (``log_softmax`` of float32 logits at temperature
 1), never warper-processed; tokens are drawn from softmax(logits / temperature) with a
 ``torch.Generator`` seeded by the call's seed.
@@ -91,8 +94,16 @@ class TransformersBackend:
     """A :class:`~power_sampling.backends.base.TextBackend` over a transformers causal LM.
 
     Build it with :meth:`from_transformers` (objects you have) or :meth:`from_pretrained` (a hub
-    id or a local folder). A lock serialises calls, so threads can share one backend.
+    id or a local folder). ``max_batch_size`` caps the rows run together (a chunk that runs out
+    of GPU memory is retried at half the size); ``name`` overrides the short model name;
+    ``stop_token_ids`` add end tokens to ``stop``. Without a tokenizer it is a token-id backend
+    only. A lock serialises calls, so threads can share one backend.
     """
+
+    def __new__(cls, model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersBackend:
+        # Without a tokenizer, build the token-id-only variant (see _TokenIdsBackend).
+        kind = _TokenIdsBackend if tokenizer is None and cls is TransformersBackend else cls
+        return super().__new__(kind)
 
     def __init__(
         self,
@@ -134,8 +145,7 @@ class TransformersBackend:
     ) -> TransformersBackend:
         """Wrap a loaded model and its tokenizer. Without a tokenizer the backend takes token ids
         only: it is then no ``TextBackend``, and ``encode``/``decode`` raise AttributeError."""
-        kind = cls if tokenizer is not None else _TokenIdsBackend
-        return kind(
+        return cls(
             model,
             tokenizer,
             max_batch_size=max_batch_size,
@@ -180,10 +190,12 @@ class TransformersBackend:
         return cls(model, tokenizer, max_batch_size=max_batch_size, name=name_or_path)
 
     def _stop_ids(self, extra: Sequence[int]) -> set[int]:
-        """EOS ids of the generation config and the tokenizer, end-of-turn tokens, ``extra``."""
+        """EOS ids of the generation config, model config and tokenizer, end-of-turn tokens,
+        ``extra``."""
         ids = {int(t) for t in extra}
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids.update([eos] if isinstance(eos, int) else eos or [])
+        for config in (getattr(self.model, "generation_config", None), self.model.config):
+            eos = getattr(config, "eos_token_id", None)
+            ids.update([eos] if isinstance(eos, int) else eos or [])
         if self.tokenizer is not None:
             if self.tokenizer.eos_token_id is not None:
                 ids.add(self.tokenizer.eos_token_id)
@@ -412,12 +424,12 @@ class TransformersBackend:
         ends = {r: (0, False) for r in live if limits[r] == 0}  # r -> (length, finished)
         checks, pulled, forward, kept = set(limits), 0, 0, []
         for step in range(longest):
-            assert rows.logits is not None
+            assert rows.logits is not None  # draw one token per batch row, on the device
             token, lp, lq = _draw(rows.logits, temperature, generator)
             tokens[live_index, step], base[live_index, step] = token, lp
             proposal[live_index, step] = lq
             drawn = step + 1
-            if drawn in checks or drawn % SYNC_EVERY == 0:
+            if drawn in checks or drawn % SYNC_EVERY == 0:  # which rows ended, on the host
                 host = tokens[live_index, pulled:drawn].tolist()
                 for r, new in zip(live, host, strict=True):
                     if r not in ends:
@@ -426,6 +438,7 @@ class TransformersBackend:
                         if end is not None:
                             ends[r] = end
                 pulled = drawn
+            # Rows out of budget just now are kept: they still need their last token run.
             harvest = [j for j, r in enumerate(live) if keep and ends.get(r) == (drawn, False)]
             if not harvest and all(r in ends for r in live):
                 break
@@ -437,7 +450,7 @@ class TransformersBackend:
                     s + tuple(seen[live[j]]) for s, j in zip(done.seqs, harvest, strict=True)
                 ]
                 kept.append(done)
-            stay = [j for j, r in enumerate(live) if r not in ends]
+            stay = [j for j, r in enumerate(live) if r not in ends]  # compact when worth it
             if not stay:
                 break
             if 4 * (len(live) - len(stay)) >= len(live):

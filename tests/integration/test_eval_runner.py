@@ -341,16 +341,17 @@ def test_cli_registers_on_a_parent_parser() -> None:
     ],
 )
 def test_cli_bad_input(
-    argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], code: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from power_sampling.evals.cli import main
 
     try:
-        status = main(["eval", *argv, "--output-dir", "/tmp/unused-eval-dir"])
+        status = main(["eval", *argv, "--output-dir", str(tmp_path / "out")])
     except SystemExit as exit:  # argparse's own errors
         status = int(exit.code or 0)
     assert status == code
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # rejected before anything was written
 
 
 def test_cli_bad_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -101,12 +101,12 @@ class Tokens(BaseCallbackHandler):
 
 
 def count_calls(sampler_method: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Record the prompts of every call of ``PowerSampler.<sampler_method>``."""
+    """Record ``(prompts, kwargs)`` of every call of ``PowerSampler.<sampler_method>``."""
     calls: list[Any] = []
     original = getattr(PowerSampler, sampler_method)
 
     def recording(self: PowerSampler, prompts: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(prompts)
+        calls.append((prompts, kwargs))
         return original(self, prompts, *args, **kwargs)
 
     monkeypatch.setattr(PowerSampler, sampler_method, recording)
@@ -191,7 +191,10 @@ def test_llm_invoke_batch_stream_and_stop(monkeypatch: pytest.MonkeyPatch) -> No
     assert llm.batch(["one", "two", "three"]) == [
         f"{w} Done. The end." for w in ("ONE", "TWO", "THREE")
     ]
-    assert [len(b) for b in batches] == [1, 3]  # the batch reached the sampler as one batch
+    assert [len(prompts) for prompts, _ in batches] == [
+        1,
+        3,
+    ]  # the batch reached the sampler as one batch
     assert llm.invoke("one", stop=["Done"]) == "ONE "
     assert PowerSamplingLLM(backend=backend, **BUDGET, stop=[" The"]).invoke("one") == "ONE Done."
 
@@ -291,9 +294,9 @@ async def test_chat_async_does_not_block_the_event_loop() -> None:
 
 def test_concurrent_calls_share_one_model_safely(tiny_backend: Any) -> None:
     llm = ChatPowerSampling(backend=tiny_backend, **TINY_BUDGET)
-    prompts = [f"Question {i}" for i in range(6)]
+    prompts = [f"Question {i}" for i in range(4)]
     alone = [llm.invoke(p, seed=i).content for i, p in enumerate(prompts)]
-    with ThreadPoolExecutor(max_workers=6) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         together = list(
             pool.map(lambda ip: llm.invoke(ip[1], seed=ip[0]).content, enumerate(prompts))
         )
@@ -392,14 +395,27 @@ def test_invalid_tool_calls_are_reported() -> None:
     assert "JSONDecodeError" in message.invalid_tool_calls[0]["error"]
     unknown = '<tool_call>\n{"name": "launch", "arguments": {}}\n</tool_call>'
     assert chat(unknown).bind_tools([get_weather]).invoke("Hi").invalid_tool_calls
+    truncated = chat(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', max_new_tokens=64
+    )
+    streamed = None
+    for chunk in truncated.bind_tools([get_weather]).stream("Hi"):
+        streamed = chunk if streamed is None else streamed + chunk
+    invoked = truncated.bind_tools([get_weather]).invoke("Hi")
+    assert not invoked.tool_calls and not streamed.tool_calls  # partial JSON stays invalid
+    assert invoked.invalid_tool_calls[0]["args"] == streamed.invalid_tool_calls[0]["args"]
 
 
 def test_forced_call_retries_once_then_reports_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = count_calls("generate", monkeypatch)
-    message = chat("I'd rather chat.").bind_tools([get_weather], tool_choice="any").invoke("Hi")
+    llm = chat("I'd rather chat.").bind_tools([get_weather], tool_choice="any")  # seed=0
+    message = llm.invoke("Hi")
     assert len(calls) == 2 and not message.tool_calls  # the model never wrote arguments
+    assert [kwargs.get("seed") for _, kwargs in calls] == [None, 1]  # the config's 0, then 1
     assert message.invalid_tool_calls[0]["name"] == "get_weather"
     assert message.response_metadata["power_sampling"]["attempts"] == 2
+    llm.invoke("Hi", seed=5)
+    assert [kwargs.get("seed") for _, kwargs in calls[2:]] == [5, 6]
 
 
 def test_forced_call_on_a_real_model_produces_a_call(tiny_backend: Any) -> None:
@@ -469,15 +485,15 @@ def test_default_model_smoke() -> None:
     pytest.importorskip("power_sampling.backends.transformers")
     from langchain.agents import create_agent
 
-    llm = ChatPowerSampling(preset="cpu", max_new_tokens=16, block_size=8, rollout_length=8, seed=0)
-    message = llm.invoke("What is the capital of France?")
-    assert message.content and message.response_metadata["model_name"] == "SmolLM2-135M-Instruct"
-    assert (
-        "".join(c.content for c in llm.stream("What is the capital of France?")) == message.content
-    )
+    settings = dict(top_k=2, num_rollouts=2, num_candidates=4, block_size=8, rollout_length=8)
+    llm = ChatPowerSampling(**settings, max_new_tokens=16, seed=0)  # model=None: SmolLM2
+    chunks = list(llm.stream("What is the capital of France?"))
+    message = sum(chunks[1:], chunks[0])
+    assert "Paris" in message.content and message.response_metadata["power_sampling"]["steps"]
+    assert message.response_metadata["model_name"] == "SmolLM2-135M-Instruct"
     forced = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
     calls: Sequence[Any] = forced.tool_calls + forced.invalid_tool_calls
-    assert len(calls) == 1 and calls[0]["name"] == "get_weather"
+    assert len(calls) == 1 and calls[0]["name"] == "get_weather"  # SmolLM2's template has no tools
     agent = create_agent(llm, [get_weather])
     question = {"messages": [HumanMessage("What is the weather in Paris?")]}
     state = agent.invoke(question, {"recursion_limit": 5})

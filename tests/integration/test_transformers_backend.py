@@ -118,6 +118,9 @@ def test_without_a_tokenizer_it_is_a_token_id_backend(chat: tuple[Any, Any]) -> 
     assert backend.stop.token_ids == {0, 2, 5}
     with pytest.raises(AttributeError, match="from_transformers\\(model, tokenizer\\)"):
         backend.decode([5])
+    with pytest.raises(AttributeError, match="no tokenizer"):
+        backend.encode("x")
+    assert not isinstance(TransformersBackend(chat[0]), TextBackend)  # built directly, too
     with pytest.raises(ValueError, match="stop strings"):
         backend.sample([SHORT], 1, 3, seed=0, stop=StopCondition(strings=("x",)))
     gen = PowerSampler(
@@ -130,6 +133,15 @@ def test_without_a_tokenizer_it_is_a_token_id_backend(chat: tuple[Any, Any]) -> 
         max_new_tokens=4,
     ).generate(list(SHORT), seed=0)
     assert gen.text is None and 0 < len(gen.token_ids) <= 4
+
+
+def test_stop_ids_come_from_configs_tokenizer_and_end_of_turn_tokens() -> None:
+    """With no EOS in the model's configs, the tokenizer's EOS and the end-of-turn token
+    found in the vocabulary (``<|im_end|>``) still end continuations."""
+    model, tokenizer = tiny_chat_model(seed=1)
+    model.generation_config.eos_token_id = model.config.eos_token_id = None
+    backend = TransformersBackend.from_transformers(model, tokenizer, stop_token_ids=[7])
+    assert backend.stop.token_ids == {tokenizer.eos_token_id, 2, 7}
 
 
 def test_chat_template_missing_is_a_clear_error(chat: tuple[Any, Any]) -> None:
@@ -354,8 +366,14 @@ def test_from_pretrained_loads_a_local_folder(chat: tuple[Any, Any], tmp_path: A
 
 @pytest.mark.parametrize("block_size", [1, 4])
 def test_power_sampling_shares_the_prefix_cache(chat: tuple[Any, Any], block_size: int) -> None:
-    """Per step the model runs about L·B candidate tokens and K·M·H rollout tokens; the 60-token
-    prompt is prefilled once, not once per rollout (that would be K·M·(prompt + B) per step)."""
+    """The 60-token prompt is prefilled once; after that a step runs only its new tokens.
+
+    Block level, per step: L·B candidate tokens (B-1 decodes and one forward of the last token
+    of each kept candidate) and at most K·M·H rollout tokens (the rollouts start from the kept
+    candidate rows). Token level: the chosen token (1), the K candidate tokens and at most
+    K·M·(H-1) rollout decodes. Without sharing, one step's rollouts alone would run
+    K·M·(prompt + B) tokens.
+    """
     prompt, (L, K, M, H) = list(range(3, 63)), (6, 3, 2, 4)
     config = PowerSamplingConfig(
         block_size=block_size,
@@ -363,15 +381,15 @@ def test_power_sampling_shares_the_prefix_cache(chat: tuple[Any, Any], block_siz
         top_k=K,
         num_rollouts=M,
         rollout_length=H,
-        max_new_tokens=3 * block_size,
+        max_new_tokens=max(3 * block_size, 2 * H),
     )
     backend = TransformersBackend.from_transformers(*chat)
     gen = PowerSampler(backend, config).generate(prompt, seed=0, stop_token_ids=[])
-    steps = gen.stats.steps
-    candidates = L * block_size if block_size > 1 else K  # top-k: one token per candidate
-    budget = len(prompt) + steps * (candidates + K * M * H)
-    assert len(prompt) <= gen.stats.forward_tokens <= budget
-    assert gen.stats.forward_tokens < K * M * (len(prompt) + block_size)  # below one naive step
+    stats = gen.stats
+    assert stats.rollout_tokens > 0 and len(gen.token_ids) == config.max_new_tokens
+    per_step = L * block_size + K * M * H if block_size > 1 else 1 + K + K * M * (H - 1)
+    assert len(prompt) < stats.forward_tokens <= len(prompt) + stats.steps * per_step
+    assert stats.forward_tokens < K * M * (len(prompt) + block_size)
 
 
 @pytest.mark.parametrize("block_size", [1, 2])
