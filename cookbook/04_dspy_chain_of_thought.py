@@ -16,8 +16,11 @@ step.
   A step costs about K·M·H rollout tokens, so these set the price of the better answers.
 
 Run ``python cookbook/04_dspy_chain_of_thought.py`` (the embedded SmolLM2-135M-Instruct; a few
-minutes on a laptop CPU). ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random model on one
-question instead (a smoke test: its text is gibberish, so DSPy cannot parse it).
+minutes on a laptop CPU). Expect little from a 135M model: it solves about 1 GSM8K problem in 20
+and often breaks DSPy's field format. For a real comparison, load a stronger model in
+``load_backend`` (e.g. ``resolve_model("Qwen/Qwen2.5-1.5B-Instruct")``), use more questions and
+the paper's budgets, ideally on a GPU. ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random
+model on one question instead (a smoke test: its text is gibberish, so DSPy cannot parse it).
 """
 
 from __future__ import annotations
