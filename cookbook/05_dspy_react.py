@@ -56,7 +56,7 @@ def calculator(expression: str) -> float:
 def make_lm() -> dspy.LM:
     settings = dict(alpha=4.0, top_k=4, num_rollouts=4, rollout_length=16, block_size=16)
     if not TINY:
-        return power_lm(num_candidates=8, max_new_tokens=160, **settings)  # SmolLM2-135M
+        return power_lm(num_candidates=8, max_new_tokens=96, **settings)  # SmolLM2-135M
     from power_sampling.backends import TransformersBackend
     from power_sampling.testing import tiny_chat_model
 
@@ -64,9 +64,48 @@ def make_lm() -> dspy.LM:
     return power_lm(backend=backend, num_candidates=8, max_new_tokens=24, **settings)
 
 
-def main() -> list[str | None]:
-    dspy.configure(lm=make_lm())
+def make_agent() -> dspy.ReAct:
     agent = dspy.ReAct("question -> answer: float", tools=[calculator], max_iters=3)
+    # One worked example of each step's format: a small model copies it far more reliably than it
+    # follows the instructions alone (an optimizer such as BootstrapFewShot finds such demos).
+    question = "What is 12 * 11 - 2?"
+    trajectory = (  # as ReAct formats it after one step
+        "[[ ## thought_0 ## ]]\nI will compute it with the calculator.\n\n"
+        "[[ ## tool_name_0 ## ]]\ncalculator\n\n"
+        '[[ ## tool_args_0 ## ]]\n{"expression": "12 * 11 - 2"}\n\n'
+        "[[ ## observation_0 ## ]]\n130"
+    )
+    agent.react.demos = [
+        dspy.Example(
+            question=question,
+            trajectory="",
+            next_thought="I will compute it with the calculator.",
+            next_tool_name="calculator",
+            next_tool_args={"expression": "12 * 11 - 2"},
+        ),
+        dspy.Example(
+            question=question,
+            trajectory=trajectory,
+            next_thought="The calculator gave 130, so I can finish.",
+            next_tool_name="finish",
+            next_tool_args={},
+        ),
+    ]
+    agent.extract.predict.demos = [
+        dspy.Example(
+            question=question,
+            trajectory=trajectory,
+            reasoning="The calculator computed 12 * 11 - 2 = 130.",
+            answer=130.0,
+        )
+    ]
+    return agent
+
+
+def main() -> list[str | None]:
+    # One call per step (no second JSONAdapter call: a 135M model rarely recovers there).
+    dspy.configure(lm=make_lm(), adapter=dspy.ChatAdapter(use_json_adapter_fallback=False))
+    agent = make_agent()
     answers = []
     for question in QUESTIONS[:1] if TINY else QUESTIONS:
         print(question)

@@ -77,11 +77,11 @@ def plain_generate_throughput(
 
     model = backend.model
     ids = torch.tensor([prompt_ids] * batch, device=model.device)
-    kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, min_new_tokens=length)
+    kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0)
     with torch.inference_mode():
-        model.generate(ids, max_new_tokens=2, pad_token_id=0, **kwargs)  # warm-up
+        model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kwargs)  # warm-up
         start = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=length, pad_token_id=0, **kwargs)
+        out = model.generate(ids, max_new_tokens=length, min_new_tokens=length, **kwargs)
         elapsed = time.perf_counter() - start
     generated = out.shape[1] - len(prompt_ids)
     return batch * (len(prompt_ids) + generated) / elapsed
@@ -201,3 +201,44 @@ def markdown(report: dict[str, Any]) -> str:
             f"(ratio {e['ratio']:.2f})"
         )
     return "\n".join(lines)
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    """Register ``power-sampling bench`` (called by :mod:`power_sampling.cli`)."""
+    from .cli import add_common_arguments, add_config_arguments, add_model_arguments
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="cost of power sampling vs MCMC, standard decoding and plain generate",
+        description="Run standard, power and MCMC sampling (and the power options) on the same "
+        "prompts in one run, and report wall time, forward tokens, log-likelihood per token and "
+        "their ratios as a markdown table and JSON.",
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=len(BENCH_PROMPTS), help="how many built-in prompts"
+    )
+    parser.add_argument("--no-options", action="store_true", help="skip the power options")
+    parser.add_argument("--json-out", help="also write the JSON report to this file")
+    add_config_arguments(parser)
+    add_model_arguments(parser)
+    add_common_arguments(parser)
+    parser.set_defaults(handler=_cmd_bench, preset="cpu")
+
+
+def _cmd_bench(args: Any) -> int:
+    import json
+
+    from .cli import config_from_args, load_backend
+
+    config = config_from_args(args)
+    if not 1 <= args.prompts <= len(BENCH_PROMPTS):
+        from .cli import UsageError
+
+        raise UsageError(f"--prompts must be between 1 and {len(BENCH_PROMPTS)}")
+    sampler = PowerSampler(load_backend(args), config.replace(method="power"))
+    report = run_bench(sampler, BENCH_PROMPTS[: args.prompts], options=not args.no_options)
+    print(markdown(report))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0

@@ -592,7 +592,19 @@ def _wrap_block(title: str, text: str, width: int) -> list[str]:
 
 # -- entry point ----------------------------------------------------------------------------
 
-_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_generate, _add_demo]
+def _add_eval(subparsers: Any) -> None:
+    from .evals.cli import add_eval_parser
+
+    add_eval_parser(subparsers)
+
+
+def _add_bench(subparsers: Any) -> None:
+    from .bench import add_bench_parser
+
+    add_bench_parser(subparsers)
+
+
+_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_generate, _add_demo, _add_eval, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

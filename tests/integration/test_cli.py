@@ -106,6 +106,17 @@ def test_invalid_value_exits_2_with_one_line(capsys: pytest.CaptureFixture[str])
     assert err.count("\n") == 1 and "alpha=0.0 is invalid" in err and "Traceback" not in err
 
 
+def test_main_sets_a_passive_openmp_wait_policy_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    main(["generate", "hi", "--alpha", "0"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    main(["generate", "hi", "--alpha", "0"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_argparse_rejects_a_bad_type() -> None:
     with pytest.raises(SystemExit) as exc:
         parse("--top-k", "many")
@@ -276,8 +287,8 @@ requires_default_model = pytest.mark.skipif(
 def test_demo_cpu_preset_end_to_end() -> None:
     """The whole demo on SmolLM2-135M-Instruct (default cache, built on first use).
 
-    About 35 s on 2 idle CPU cores (model load ~2 s, standard ~5 s, power ~20 s, imports); no
-    time limit is asserted, because a shared machine can be many times slower.
+    About a minute on 2 busy CPU cores (model load ~6 s, standard ~9 s, power ~48 s); no time
+    limit is asserted, because a shared machine can be many times slower.
     """
     start = time.perf_counter()
     result = run_cli("demo", "--preset", "cpu", "--seed", "0", timeout=1400)

@@ -23,10 +23,10 @@ def isolated_dspy(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Tiny model, an in-memory DSPy cache (nothing under the user's home), settings restored."""
     monkeypatch.setenv("POWER_SAMPLING_COOKBOOK_MODEL", "tiny")
     previous_cache = dspy.__dict__.get("cache")
-    previous_lm = dspy.settings.lm
+    previous = {"lm": dspy.settings.lm, "adapter": dspy.settings.adapter}
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
     yield
-    dspy.configure(lm=previous_lm)
+    dspy.configure(**previous)
     if previous_cache is None:
         dspy.__dict__.pop("cache", None)
     else:

@@ -1,0 +1,70 @@
+"""`power-sampling bench` end to end on a tiny in-process model, with fast settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from power_sampling import PowerSampler
+from power_sampling.backends import TransformersBackend
+from power_sampling.bench import markdown, run_bench
+from power_sampling.testing import tiny_chat_model
+
+FAST = dict(
+    block_size=4,
+    rollout_length=4,
+    num_candidates=4,
+    top_k=2,
+    num_rollouts=2,
+    max_new_tokens=8,
+    mcmc_steps=2,
+)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    model, tokenizer = tiny_chat_model()
+    sampler = PowerSampler(TransformersBackend.from_transformers(model, tokenizer), **FAST)
+    return run_bench(sampler, ["What is 2 + 3?", "Name a colour."])
+
+
+def test_report_has_every_measurement(report: dict) -> None:
+    assert set(report["methods"]) == {"standard", "power", "mcmc", "power+adaptive", "power+reuse"}
+    for result in report["methods"].values():
+        assert result["prompts"] == 2
+        assert result["wall_time_per_prompt"] > 0
+        assert result["forward_tokens"] > 0
+        assert result["loglik_per_token"] < 0
+    for key in ("speedup_vs_mcmc", "loglik_gain_vs_mcmc", "overhead_vs_standard", "peak_memory_mb"):
+        assert isinstance(report[key], float)
+    efficiency = report["efficiency"]
+    assert efficiency["generate_forward_tokens_per_s"] > 0
+    assert efficiency["ratio"] > 0
+    # Power sampling runs rollouts, so it costs more forward tokens than standard decoding.
+    assert (
+        report["methods"]["power"]["forward_tokens"]
+        > report["methods"]["standard"]["forward_tokens"]
+    )
+    assert "| power |" in markdown(report)
+
+
+def test_bench_command_writes_json(tmp_path: Path) -> None:
+    model, tokenizer = tiny_chat_model()
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "power_sampling.cli", "bench", "--model", str(tmp_path / "tiny"),
+         "--prompts", "1", "--no-options", "--json-out", str(out), *flags],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "power vs MCMC" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["settings"]["block_size"] == 4
+    assert set(report["methods"]) == {"standard", "power", "mcmc"}
