@@ -10,9 +10,11 @@ agent's choices favour continuations whose whole future is likely, not just the 
   ``rollout_length`` tokens per rollout. Per call, ``metadata={"num_rollouts": 8}`` overrides a
   setting (``lm.copy(metadata=...)`` for a whole module), and DSPy's cache keeps them apart.
 
-Run ``python cookbook/05_dspy_react.py`` (the embedded SmolLM2-135M-Instruct, a minute or two on
-a CPU). ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random model (a smoke test: it cannot
-follow ReAct's format, which the recipe reports).
+Run ``python cookbook/05_dspy_react.py`` (the embedded SmolLM2-135M-Instruct, a few minutes on a
+CPU). A 135M model rarely keeps ReAct's field format even with the worked example below, and the
+recipe reports when it breaks; pass a stronger model to ``power_lm`` in ``make_lm`` (e.g.
+``model="Qwen/Qwen2.5-1.5B-Instruct"``) to see the agent use its tool.
+``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random model (a smoke test).
 """
 
 from __future__ import annotations
