@@ -14,7 +14,7 @@ cpu``. Methods: standard (temperature 1), low temperature (1/alpha), best-of-N b
 log-likelihood, MCMC power sampling (Karan & Du) and scalable power sampling.
 
 Run ``python cookbook/06_evaluate.py`` (the embedded SmolLM2-135M-Instruct on 4 GSM8K problems
-with CPU-sized budgets: about 10 to 20 minutes on a laptop CPU). Files go to ``eval_results/``.
+with CPU-sized budgets: a few minutes on 2 CPU cores). Files go to ``eval_results/cookbook/``.
 ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random model instead (a smoke test: it
 answers nothing right).
 """
