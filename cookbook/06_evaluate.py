@@ -32,7 +32,7 @@ TINY = os.environ.get("POWER_SAMPLING_COOKBOOK_MODEL") == "tiny"
 OUTPUT = Path("eval_results") / "cookbook"
 
 # The cpu preset: alpha 4, blocks of 16 tokens, K = M = 4 rollouts of 16 tokens, 160 new tokens.
-# The paper's setting is PowerSamplingConfig.preset("paper") on a GPU (see the README, "Evaluation").
+# The paper's setting is PowerSamplingConfig.preset("paper") on a GPU (README, "Evaluation").
 CONFIG = PowerSamplingConfig.preset("cpu", seed=0)
 if TINY:
     CONFIG = CONFIG.replace(max_new_tokens=8, block_size=4, rollout_length=4, best_of=2)

@@ -592,6 +592,7 @@ def _wrap_block(title: str, text: str, width: int) -> list[str]:
 
 # -- entry point ----------------------------------------------------------------------------
 
+
 def _add_eval(subparsers: Any) -> None:
     from .evals.cli import add_eval_parser
 

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-    from power_sampling.backends.transformers import TransformersBackend
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from power_sampling.backends.transformers import TransformersBackend
 
 __all__ = [
     "CACHE_ENV_VAR",
