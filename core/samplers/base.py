@@ -114,9 +114,11 @@ class Sampler(ABC):
     def _charge(
         self, states: Sequence[SequenceState], drawn: Sequence[int], forward: int, kind: str
     ) -> None:
+        per_state: dict[SequenceState, int] = {}
+        for state, count in zip(states, drawn, strict=True):
+            per_state[state] = per_state.get(state, 0) + count
         total = max(sum(drawn), 1)
-        for state in dict.fromkeys(states):
-            mine = sum(d for s, d in zip(states, drawn, strict=True) if s is state)
+        for state, mine in per_state.items():
             state.stats.backend_calls += 1
             state.stats.forward_tokens += round(forward * mine / total)
             if kind == "rollout":

@@ -20,7 +20,7 @@ rollouts in two rounds and stops after the first where one candidate already dom
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class _Decision:
     rollouts: list[list[Continuation]]
     """Per candidate; empty for a candidate without a future."""
     horizons: list[int]
+    _scores: CandidateScores | None = field(default=None, repr=False)
 
     @property
     def scored(self) -> list[int]:
@@ -56,6 +57,12 @@ class _Decision:
         return [j for j, h in enumerate(self.horizons) if h > 0]
 
     def score(self, alpha: float, jackknife: bool) -> CandidateScores:
+        """The estimate from the rollouts so far (cached until more rollouts arrive)."""
+        if self._scores is None:
+            self._scores = self._estimate(alpha, jackknife)
+        return self._scores
+
+    def _estimate(self, alpha: float, jackknife: bool) -> CandidateScores:
         m = max((len(r) for r in self.rollouts), default=0)
         lam = np.zeros((len(self.candidates), m))
         future = np.zeros(len(self.candidates), dtype=bool)
@@ -121,6 +128,7 @@ class ScalablePowerSampler(Sampler):
         )
         for (d, j), row in zip(owners, rows, strict=True):
             d.rollouts[j].extend(row)
+            d._scores = None
 
     def _choose(self, decision: _Decision, rng: np.random.Generator) -> Commit:
         cfg, state, candidates = self.config, decision.state, decision.candidates
@@ -193,10 +201,13 @@ class ScalablePowerSampler(Sampler):
         """The previous step's chosen-block rollouts, cut to this block's length."""
         rollouts = self._carried.pop(state, [])
         length = min(self.config.block_size, state.remaining)
+        # A rollout cut before its end token no longer ends the sequence.
         return [
-            Candidate(r.token_ids[:length], sum(r.token_logprobs[:length]), r.finished)
-            if len(r.token_ids) <= length
-            else Candidate(r.token_ids[:length], sum(r.token_logprobs[:length]), False)
+            Candidate(
+                r.token_ids[:length],
+                sum(r.token_logprobs[:length]),
+                r.finished and len(r.token_ids) <= length,
+            )
             for r in rollouts[: self.config.num_candidates]
             if len(r.token_ids) >= length or r.finished
         ]
