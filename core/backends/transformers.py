@@ -410,9 +410,10 @@ class TransformersBackend:
         """Draw up to ``limits[r]`` tokens for every row.
 
         Tokens stay on the device; at every budget and every ``SYNC_EVERY`` steps the new ones
-        are copied to the host to find rows that ended (stop token or string, or budget). Ended
-        rows leave the batch once a quarter of it has ended. With ``keep``, rows that ran out of
-        budget run their last token too and are returned with their cache and logits.
+        are copied to the host to find rows that ended (stop token or string, or budget). The
+        steps in between do no host work that grows with the rows. Ended rows leave the batch
+        once a quarter of it has ended. With ``keep``, rows that ran out of budget run their last
+        token too and are returned with their cache and logits.
         """
         count, longest = len(limits), max(limits, default=0)
         tokens = torch.zeros(count, max(longest, 1), dtype=torch.long, device=self.device)
@@ -429,7 +430,9 @@ class TransformersBackend:
             tokens[live_index, step], base[live_index, step] = token, lp
             proposal[live_index, step] = lq
             drawn = step + 1
-            if drawn in checks or drawn % SYNC_EVERY == 0:  # which rows ended, on the host
+            checked = drawn in checks or drawn % SYNC_EVERY == 0  # nothing ends in between
+            harvest: list[int] = []
+            if checked:  # which rows ended, on the host
                 host = tokens[live_index, pulled:drawn].tolist()
                 for r, new in zip(live, host, strict=True):
                     if r not in ends:
@@ -438,12 +441,14 @@ class TransformersBackend:
                         if end is not None:
                             ends[r] = end
                 pulled = drawn
-            # Rows out of budget just now are kept: they still need their last token run.
-            harvest = [j for j, r in enumerate(live) if keep and ends.get(r) == (drawn, False)]
-            if not harvest and all(r in ends for r in live):
-                break
+                # Rows out of budget just now are kept: they still need their last token run.
+                harvest = [j for j, r in enumerate(live) if keep and ends.get(r) == (drawn, False)]
+                if not harvest and all(r in ends for r in live):
+                    break
             rows.logits = self._forward(rows, token[:, None], torch.ones_like(token)[:, None])
             forward += len(live)
+            if not checked:
+                continue
             if harvest:
                 done = _select(rows, harvest)
                 done.seqs = [
@@ -538,13 +543,17 @@ class _TokenIdsBackend(TransformersBackend):
 def _draw(
     logits: torch.Tensor, temperature: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One token per row from softmax(logits / temperature) by the exponential race
-    argmax(log q - log E), E ~ Exp(1), which needs no host sync; with its base and proposal
-    log-probs."""
+    """One token per row from softmax(logits / temperature), with its base and proposal
+    log-probs. Inverse-CDF sampling: one uniform per row and a search in the cumulative sums,
+    all on the device (no host sync), and some 20x cheaper on the CPU than racing exponential
+    noise over the whole vocabulary."""
     logp = torch.log_softmax(logits, -1)
     logq = logp if temperature == 1.0 else torch.log_softmax(logits / temperature, -1)
-    race = torch.empty_like(logq).exponential_(generator=generator)
-    token = (logq - race.clamp_min(torch.finfo(race.dtype).tiny).log()).argmax(-1)
+    cdf = logq.exp().cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator)
+    # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of
+    # probability zero (its cumulative sum equals its predecessor's).
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(cdf.shape[1] - 1)
     pick = token[:, None]
     return token, logp.gather(1, pick)[:, 0], logq.gather(1, pick)[:, 0]
 

@@ -11,7 +11,7 @@ import pytest
 
 from power_sampling import PowerSampler
 from power_sampling.backends import TransformersBackend
-from power_sampling.bench import markdown, run_bench
+from power_sampling.bench import RecordingBackend, markdown, replay_with_generate, run_bench
 from power_sampling.testing import tiny_chat_model
 
 FAST = dict(
@@ -42,14 +42,30 @@ def test_report_has_every_measurement(report: dict) -> None:
     for key in ("speedup_vs_mcmc", "loglik_gain_vs_mcmc", "overhead_vs_standard", "peak_memory_mb"):
         assert isinstance(report[key], float)
     efficiency = report["efficiency"]
-    assert efficiency["generate_forward_tokens_per_s"] > 0
-    assert efficiency["ratio"] > 0
+    assert efficiency["sampler_tokens_per_s"] > 0 and efficiency["generate_tokens_per_s"] > 0
+    assert efficiency["ratio"] == pytest.approx(
+        efficiency["sampler_tokens_per_s"] / efficiency["generate_tokens_per_s"]
+    )
     # Power sampling runs rollouts, so it costs more forward tokens than standard decoding.
     assert (
         report["methods"]["power"]["forward_tokens"]
         > report["methods"]["standard"]["forward_tokens"]
     )
     assert "| power |" in markdown(report)
+
+
+def test_the_recorded_calls_are_the_sampler_work_and_replay_in_full() -> None:
+    model, tokenizer = tiny_chat_model()
+    recorder = RecordingBackend(TransformersBackend.from_transformers(model, tokenizer))
+    generation = PowerSampler(recorder, **FAST).generate("What is 2 + 3?", seed=0)
+    drawn = generation.stats.candidate_tokens + generation.stats.rollout_tokens
+    assert sum(call.drawn for call in recorder.calls) == drawn > 0
+    # Block mode: per step one candidate call (L blocks of B) and at most one rollout call.
+    assert recorder.calls[0].n == FAST["num_candidates"]
+    assert recorder.calls[0].new_tokens == FAST["block_size"]
+    seconds, tokens = replay_with_generate(recorder, recorder.calls)
+    assert seconds > 0
+    assert tokens == sum(len(c.prefixes) * c.n * c.new_tokens for c in recorder.calls)
 
 
 def test_bench_command_writes_json(tmp_path: Path) -> None:
