@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import platform
 import resource
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,11 +35,16 @@ class MethodResult:
     name: str
     settings: dict[str, Any]
     prompts: int
+    samples: int
+    """Generations per prompt (each with its own seed)."""
     wall_time_per_prompt: float
+    """Mean seconds per generation."""
     forward_tokens: int
     completion_tokens: int
     loglik_per_token: float
-    """Mean over prompts of log p(completion) / its length."""
+    """Mean over generations of log p(completion) / its length."""
+    loglik_stderr: float
+    """The standard error of that mean."""
 
 
 def run_method(
@@ -46,12 +52,14 @@ def run_method(
     name: str,
     prompts: Sequence[Prompt],
     seed: int,
+    samples: int = 1,
     **overrides: Any,
 ) -> MethodResult:
-    """Generate every prompt one at a time (latency per prompt, as the paper reports)."""
+    """Generate every prompt ``samples`` times, one generation at a time (latency per prompt, as
+    the paper reports); generation ``i`` uses seed ``seed + i`` whatever the method."""
     config = sampler.config.replace(**overrides)
     walls, forward, completion, logliks = [], 0, 0, []
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(p for p in prompts for _ in range(samples)):
         start = time.perf_counter()
         out = sampler.generate(prompt, seed=seed + i, **overrides)
         walls.append(time.perf_counter() - start)
@@ -62,10 +70,12 @@ def run_method(
         name=name,
         settings=config.model_dump(),
         prompts=len(prompts),
-        wall_time_per_prompt=sum(walls) / len(walls),
+        samples=samples,
+        wall_time_per_prompt=statistics.fmean(walls),
         forward_tokens=forward,
         completion_tokens=completion,
-        loglik_per_token=sum(logliks) / len(logliks),
+        loglik_per_token=statistics.fmean(logliks),
+        loglik_stderr=statistics.stdev(logliks) / len(logliks) ** 0.5 if len(logliks) > 1 else 0.0,
     )
 
 
@@ -153,6 +163,7 @@ def run_bench(
     prompts: Sequence[Prompt] = BENCH_PROMPTS,
     *,
     seed: int = 0,
+    samples: int = 1,
     options: bool = True,
 ) -> dict[str, Any]:
     """Run every method on the same prompts; return the measurements and their ratios."""
@@ -173,7 +184,7 @@ def run_bench(
     for name, overrides in methods:
         # The power run goes through the recorder, so its model work can be replayed below.
         runner = PowerSampler(recorder, cfg) if name == "power" else sampler
-        results[name] = run_method(runner, name, chat, seed, **overrides)
+        results[name] = run_method(runner, name, chat, seed, samples, **overrides)
     power, mcmc, standard = results["power"], results["mcmc"], results["standard"]
     report: dict[str, Any] = {
         "model": getattr(sampler.backend, "name", type(sampler.backend).__name__),
@@ -191,13 +202,15 @@ def run_bench(
                 "time_ratio": results[name].wall_time_per_prompt / power.wall_time_per_prompt,
                 "forward_token_ratio": results[name].forward_tokens / max(power.forward_tokens, 1),
                 "loglik_delta": results[name].loglik_per_token - power.loglik_per_token,
+                "loglik_delta_stderr": (results[name].loglik_stderr ** 2 + power.loglik_stderr**2)
+                ** 0.5,
             }
             for name in ("power+adaptive", "power+reuse")
         }
     if hasattr(sampler.backend, "model"):
         seconds, tokens = replay_with_generate(sampler.backend, recorder.calls)
         drawn = sum(call.drawn for call in recorder.calls)
-        achieved = drawn / (power.wall_time_per_prompt * power.prompts)
+        achieved = drawn / (power.wall_time_per_prompt * power.prompts * power.samples)
         report["efficiency"] = {
             "sampler_tokens_per_s": achieved,
             "generate_tokens_per_s": tokens / seconds,
@@ -223,16 +236,18 @@ def hardware() -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table plus the derived ratios."""
+    first = next(iter(report["methods"].values()))
     lines = [
-        f"Model: {report['model']} on {report['hardware']}.",
+        f"Model: {report['model']} on {report['hardware']}; {first['prompts']} prompts x "
+        f"{first['samples']} seeds per method.",
         "",
-        "| method | s / prompt | forward tokens | completion tokens | log p / token |",
+        "| method | s / generation | forward tokens | completion tokens | log p / token (± s.e.) |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in report["methods"].items():
         lines.append(
             f"| {name} | {r['wall_time_per_prompt']:.2f} | {r['forward_tokens']} | "
-            f"{r['completion_tokens']} | {r['loglik_per_token']:.3f} |"
+            f"{r['completion_tokens']} | {r['loglik_per_token']:.3f} ± {r['loglik_stderr']:.3f} |"
         )
     lines += [
         "",
@@ -245,7 +260,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- {name} vs power: {o['time_ratio']:.2f}x time, "
             f"{o['forward_token_ratio']:.2f}x forward tokens, "
-            f"log p / token {o['loglik_delta']:+.3f}"
+            f"log p / token {o['loglik_delta']:+.3f} ± {o['loglik_delta_stderr']:.3f}"
         )
     if "efficiency" in report:
         e = report["efficiency"]
@@ -271,6 +286,9 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--prompts", type=int, default=len(BENCH_PROMPTS), help="how many built-in prompts"
     )
+    parser.add_argument(
+        "--samples", type=int, default=1, help="generations per prompt, each with its own seed"
+    )
     parser.add_argument("--no-options", action="store_true", help="skip the power options")
     parser.add_argument("--json-out", help="also write the JSON report to this file")
     add_config_arguments(parser)
@@ -282,15 +300,17 @@ def add_bench_parser(subparsers: Any) -> None:
 def _cmd_bench(args: Any) -> int:
     import json
 
-    from .cli import config_from_args, load_backend
+    from .cli import UsageError, config_from_args, load_backend
 
     config = config_from_args(args)
     if not 1 <= args.prompts <= len(BENCH_PROMPTS):
-        from .cli import UsageError
-
         raise UsageError(f"--prompts must be between 1 and {len(BENCH_PROMPTS)}")
+    if args.samples < 1:
+        raise UsageError(f"--samples {args.samples} is invalid: use an integer >= 1")
     sampler = PowerSampler(load_backend(args), config.replace(method="power"))
-    report = run_bench(sampler, BENCH_PROMPTS[: args.prompts], options=not args.no_options)
+    report = run_bench(
+        sampler, BENCH_PROMPTS[: args.prompts], samples=args.samples, options=not args.no_options
+    )
     print(markdown(report))
     if args.json_out:
         with open(args.json_out, "w") as f:

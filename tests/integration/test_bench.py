@@ -29,16 +29,19 @@ FAST = dict(
 def report() -> dict:
     model, tokenizer = tiny_chat_model()
     sampler = PowerSampler(TransformersBackend.from_transformers(model, tokenizer), **FAST)
-    return run_bench(sampler, ["What is 2 + 3?", "Name a colour."])
+    return run_bench(sampler, ["What is 2 + 3?", "Name a colour."], samples=2)
 
 
 def test_report_has_every_measurement(report: dict) -> None:
     assert set(report["methods"]) == {"standard", "power", "mcmc", "power+adaptive", "power+reuse"}
     for result in report["methods"].values():
-        assert result["prompts"] == 2
+        assert result["prompts"] == 2 and result["samples"] == 2
         assert result["wall_time_per_prompt"] > 0
+        assert result["loglik_stderr"] > 0  # four generations with different seeds
         assert result["forward_tokens"] > 0
         assert result["loglik_per_token"] < 0
+    for option in report["options"].values():
+        assert option["loglik_delta_stderr"] > 0
     for key in ("speedup_vs_mcmc", "loglik_gain_vs_mcmc", "overhead_vs_standard", "peak_memory_mb"):
         assert isinstance(report[key], float)
     efficiency = report["efficiency"]
@@ -76,7 +79,7 @@ def test_bench_command_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "power_sampling.cli", "bench", "--model", str(tmp_path / "tiny"),
-         "--prompts", "1", "--no-options", "--json-out", str(out), *flags],
+         "--prompts", "1", "--samples", "1", "--no-options", "--json-out", str(out), *flags],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
