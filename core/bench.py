@@ -81,13 +81,14 @@ def run_method(
 
 @dataclass
 class Call:
-    """The shape of one backend call: ``rows`` continuations of at most ``new_tokens`` tokens
-    after these prefixes (``n`` per prefix), ``drawn`` tokens actually produced."""
+    """The shape of one backend call: ``n`` continuations of at most ``new_tokens`` tokens after
+    each prefix, ``drawn`` tokens actually produced, in ``seconds``."""
 
     prefixes: list[tuple[int, ...]]
     n: int
     new_tokens: int
     drawn: int
+    seconds: float
 
 
 class RecordingBackend:
@@ -102,15 +103,19 @@ class RecordingBackend:
         return getattr(self._backend, name)
 
     def sample(self, prefixes: Any, n: int, max_new_tokens: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
         out = self._backend.sample(prefixes, n, max_new_tokens, **kwargs)
+        seconds = time.perf_counter() - start
         budget = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)
         drawn = sum(len(c.token_ids) for row in out.continuations for c in row)
-        self.calls.append(Call([tuple(p) for p in prefixes], n, budget, drawn))
+        self.calls.append(Call([tuple(p) for p in prefixes], n, budget, drawn, seconds))
         return out
 
     def top_k(self, prefixes: Any, k: int, **kwargs: Any) -> Any:
+        start = time.perf_counter()
         out = self._backend.top_k(prefixes, k, **kwargs)
-        self.calls.append(Call([tuple(p) for p in prefixes], 1, 1, len(prefixes)))
+        seconds = time.perf_counter() - start
+        self.calls.append(Call([tuple(p) for p in prefixes], 1, 1, len(prefixes), seconds))
         return out
 
 
@@ -210,8 +215,10 @@ def run_bench(
     if hasattr(sampler.backend, "model"):
         seconds, tokens = replay_with_generate(sampler.backend, recorder.calls)
         drawn = sum(call.drawn for call in recorder.calls)
-        achieved = drawn / (power.wall_time_per_prompt * power.prompts * power.samples)
+        wall = power.wall_time_per_prompt * power.prompts * power.samples
+        achieved = drawn / wall
         report["efficiency"] = {
+            "backend_time_share": sum(call.seconds for call in recorder.calls) / wall,
             "sampler_tokens_per_s": achieved,
             "generate_tokens_per_s": tokens / seconds,
             "ratio": achieved * seconds / tokens,
@@ -267,7 +274,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- efficiency: {e['sampler_tokens_per_s']:.0f} generated tokens/s in the sampler "
             f"(all its work included) vs {e['generate_tokens_per_s']:.0f} for {e['reference']}: "
-            f"ratio {e['ratio']:.2f}"
+            f"ratio {e['ratio']:.2f}; {e['backend_time_share']:.1%} of the sampler's time is "
+            "inside backend calls"
         )
     return "\n".join(lines)
 

@@ -46,6 +46,7 @@ def test_report_has_every_measurement(report: dict) -> None:
         assert isinstance(report[key], float)
     efficiency = report["efficiency"]
     assert efficiency["sampler_tokens_per_s"] > 0 and efficiency["generate_tokens_per_s"] > 0
+    assert 0 < efficiency["backend_time_share"] <= 1
     assert efficiency["ratio"] == pytest.approx(
         efficiency["sampler_tokens_per_s"] / efficiency["generate_tokens_per_s"]
     )
@@ -66,6 +67,7 @@ def test_the_recorded_calls_are_the_sampler_work_and_replay_in_full() -> None:
     # Block mode: per step one candidate call (L blocks of B) and at most one rollout call.
     assert recorder.calls[0].n == FAST["num_candidates"]
     assert recorder.calls[0].new_tokens == FAST["block_size"]
+    assert all(call.seconds > 0 for call in recorder.calls)
     seconds, tokens = replay_with_generate(recorder, recorder.calls)
     assert seconds > 0
     assert tokens == sum(len(c.prefixes) * c.n * c.new_tokens for c in recorder.calls)
