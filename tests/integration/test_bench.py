@@ -41,7 +41,14 @@ def test_report_has_every_measurement(report: dict) -> None:
         assert result["forward_tokens"] > 0
         assert result["loglik_per_token"] < 0
     for option in report["options"].values():
-        assert option["loglik_delta_stderr"] > 0
+        assert option["loglik_delta_stderr"] > 0 and option["speedup_vs_mcmc"] > 0
+    # "power" is the paper's algorithm; each option runs alone on top of it.
+    settings = {name: r["settings"] for name, r in report["methods"].items()}
+    assert settings["power"]["adaptive_tolerance"] == 0 and not settings["power"]["reuse_rollouts"]
+    assert settings["power+adaptive"]["adaptive_tolerance"] > 0
+    assert not settings["power+adaptive"]["reuse_rollouts"]
+    assert settings["power+reuse"]["reuse_rollouts"]
+    assert settings["power+reuse"]["adaptive_tolerance"] == 0
     for key in ("speedup_vs_mcmc", "loglik_gain_vs_mcmc", "overhead_vs_standard", "peak_memory_mb"):
         assert isinstance(report[key], float)
     efficiency = report["efficiency"]
