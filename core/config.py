@@ -69,7 +69,8 @@ class PowerSamplingConfig(BaseModel):
     adaptive_tolerance: float = 0.0
     """Adaptive rollout budget: roll out half of the M rollouts first and skip the rest of a
     step when one candidate already holds at least 1 - tolerance of the estimated power
-    distribution; in [0, 1), default 0 (off: always M rollouts). ``power`` only."""
+    distribution, also with any one of those rollouts left out; in [0, 1), default 0 (off:
+    always M rollouts). ``power`` only."""
 
     reuse_rollouts: bool = False
     """Block mode: the chosen block's rollouts, cut to the next block's length, serve as up to M

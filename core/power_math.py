@@ -75,6 +75,17 @@ class CandidateScores:
     """The distribution sampled from: ``p_jk`` with the jackknife on, else ``p_hat``."""
     p_jk_raw: Array | None = None
     """The jackknife before clipping (sums to 1, entries may be negative); None without it."""
+    p_loo: Array | None = None
+    """The leave-one-out estimates p̂_(-s), shape [M, K]; None when M < 2."""
+
+    def settled(self, tolerance: float) -> bool:
+        """Whether more rollouts are unlikely to change the decision: one candidate holds at
+        least 1 - ``tolerance`` of ``probs`` and still does with any single rollout left out
+        (so no one lucky rollout makes it look certain)."""
+        top = int(np.argmax(self.probs))
+        if self.probs[top] < 1 - tolerance:
+            return False
+        return self.p_loo is None or bool((self.p_loo[:, top] >= 1 - tolerance).all())
 
 
 def power_distribution(log_p: ArrayLike, log_zeta_: ArrayLike, alpha: float) -> Array:
@@ -110,7 +121,7 @@ def score_candidates(
 
     lz = np.where(future, log_zeta(np.where(future[:, None], lam, 0.0), alpha), 0.0)
     p_hat = power_distribution(log_p, lz, alpha)
-    if m == 1 or not jackknife:
+    if m == 1:
         return CandidateScores(lz, p_hat, p_hat, p_hat)
 
     # Leave rollout s out of every candidate at once: weights 1/(M-1) on the others.
@@ -122,9 +133,11 @@ def score_candidates(
     )  # [M(s), K]
     lz_loo = np.where(future[None], lz_loo, 0.0)
     p_loo = np.stack([power_distribution(log_p, row, alpha) for row in lz_loo])
+    if not jackknife:
+        return CandidateScores(lz, p_hat, p_hat, p_hat, p_loo=p_loo)
     raw = m * p_hat - (m - 1) / m * p_loo.sum(axis=0)
     # Single jackknife entries can be negative: clip and renormalise (algorithm.md §7).
     clipped = np.clip(raw, 0.0, None)
     total = clipped.sum()
     p_jk = clipped / total if total > 0 else p_hat
-    return CandidateScores(lz, p_hat, p_jk, p_jk, raw)
+    return CandidateScores(lz, p_hat, p_jk, p_jk, raw, p_loo)

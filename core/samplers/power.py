@@ -14,7 +14,8 @@ One step, for every active sequence at once:
 4. Draw one candidate from p̂_JK with the sampler's generator and commit it.
 
 Two options go beyond the paper, both off by default: ``adaptive_tolerance`` spends the
-rollouts in two rounds and stops after the first where one candidate already dominates, and
+rollouts in two rounds and stops after the first where one candidate already dominates, even
+with any one rollout left out (:meth:`CandidateScores.settled`), and
 ``reuse_rollouts`` recycles the chosen block's rollouts as next-step candidates.
 """
 
@@ -107,7 +108,7 @@ class ScalablePowerSampler(Sampler):
                 d
                 for d in decisions
                 if d.scored
-                and d.score(cfg.alpha, cfg.jackknife).probs.max() < 1 - cfg.adaptive_tolerance
+                and not d.score(cfg.alpha, cfg.jackknife).settled(cfg.adaptive_tolerance)
             ]
             self._roll_out(undecided, cfg.num_rollouts - first, stop, rng)
 

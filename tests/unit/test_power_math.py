@@ -86,6 +86,29 @@ def test_jackknife_off_uses_the_ratio_estimate() -> None:
     np.testing.assert_array_equal(scores.probs, scores.p_hat)
 
 
+def test_leave_one_out_estimates_are_the_estimate_without_that_rollout() -> None:
+    log_p, lam = np.log([0.5, 0.5]), np.array([[-1.0, -30.0, -2.0], [-20.0, -20.0, -3.0]])
+    scores = score_candidates(log_p, lam, alpha=4.0, jackknife=False)
+    assert scores.p_loo is not None and scores.p_loo.shape == (3, 2)
+    for s in range(3):
+        alone = score_candidates(log_p, np.delete(lam, s, axis=1), alpha=4.0, jackknife=False)
+        np.testing.assert_allclose(scores.p_loo[s], alone.p_hat)
+
+
+def test_settled_needs_dominance_that_survives_leaving_out_any_rollout() -> None:
+    log_p = np.log([0.5, 0.5])
+    # One lucky rollout of candidate 0 makes it look certain; without it candidate 1 wins.
+    lucky = score_candidates(log_p, [[-1.0, -30.0], [-20.0, -20.0]], alpha=4.0)
+    assert lucky.probs.max() > 0.99
+    assert not lucky.settled(0.05)
+    # Both rollouts favour candidate 0: settled.
+    steady = score_candidates(log_p, [[-1.0, -2.0], [-20.0, -20.0]], alpha=4.0)
+    assert steady.settled(0.05)
+    # Close candidates are never settled; a single rollout has no leave-one-out to check.
+    assert not score_candidates(log_p, [[-1.0, -1.5], [-1.2, -1.1]], alpha=4.0).settled(0.05)
+    assert score_candidates(log_p, [[-1.0], [-20.0]], alpha=4.0).settled(0.05)
+
+
 def test_candidates_without_future_have_zeta_one() -> None:
     """An ended candidate is scored by p^α alone, whatever its (ignored) rollout row holds."""
     scores = score_candidates(
