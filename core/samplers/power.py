@@ -175,23 +175,23 @@ class ScalablePowerSampler(Sampler):
         """Algorithm 2: draw L blocks (less any reused ones), drop duplicates, keep the top K."""
         cfg = self.config
         pools = {state: self._reusable(state) for state in active}
-        # One call per distinct number of fresh blocks (all equal, except on a first step).
-        by_count: dict[int, list[SequenceState]] = {}
-        for state in active:
-            by_count.setdefault(cfg.num_candidates - len(pools[state]), []).append(state)
-        for count, states in by_count.items():
-            if count == 0:
-                continue
-            drawn = self.sample(
-                [(s, s.prefix) for s in states],
-                count,
-                [min(cfg.block_size, s.remaining) for s in states],
-                rng=rng,
-                stop=stop,
-                keep_cache=True,
-            )
-            for state, row in zip(states, drawn, strict=True):
-                pools[state].extend(Candidate(c.token_ids, c.logprob, c.finished) for c in row)
+        # One call for every sequence, even when they reuse different numbers of blocks: each
+        # fresh block is its own request (the backend prefills each distinct prefix once).
+        requests = [
+            (state, state.prefix)
+            for state in active
+            for _ in range(cfg.num_candidates - len(pools[state]))
+        ]
+        drawn = self.sample(
+            requests,
+            1,
+            [min(cfg.block_size, state.remaining) for state, _ in requests],
+            rng=rng,
+            stop=stop,
+            keep_cache=True,
+        )
+        for (state, _), (block,) in zip(requests, drawn, strict=True):
+            pools[state].append(Candidate(block.token_ids, block.logprob, block.finished))
         out = []
         for state in active:
             distinct = {c.token_ids: c for c in pools[state]}

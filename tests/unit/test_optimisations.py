@@ -13,6 +13,7 @@ import pytest
 from tables import rarely_ending_table
 
 from power_sampling import PowerSampler, PowerSamplingConfig, TableLM, exact
+from power_sampling.bench import RecordingBackend
 from power_sampling.exact import total_variation
 
 LENGTH = 6
@@ -90,3 +91,19 @@ def test_a_certain_step_spends_no_rollouts() -> None:
     generation = PowerSampler(lm, PowerSamplingConfig(**BASE)).generate([1], seed=0)
     assert generation.token_ids == [1] * LENGTH
     assert generation.stats.rollout_tokens == 0
+
+
+def test_rollout_reuse_draws_every_sequences_blocks_in_one_call() -> None:
+    """Sequences that reuse different numbers of blocks (here M/2 or M rollouts, with the
+    adaptive budget) still share one candidate call per step: separate calls would decode one
+    after another."""
+    recorder = RecordingBackend(rarely_ending_table(3, 1, eos=0.0))
+    config = PowerSamplingConfig(**BASE, reuse_rollouts=True, adaptive_tolerance=0.05)
+    prompts = [[1], [2], [1, 1], [1, 2], [2, 1], [2, 2], [1, 1, 1], [2, 2, 2]]  # all distinct
+    generations = PowerSampler(recorder, config).generate_batch(prompts, seed=0)
+    steps = max(g.stats.steps for g in generations)
+    candidate_calls = [call for call in recorder.calls if call.n == 1]  # rollouts: n = M
+    assert len(candidate_calls) == steps
+    # Sequences did reuse blocks, and different numbers of them within one call.
+    per_prefix = [sorted(Counter(c.prefixes).values()) for c in candidate_calls[1:]]
+    assert any(counts[0] < counts[-1] for counts in per_prefix if counts)
