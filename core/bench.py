@@ -210,6 +210,9 @@ def run_bench(
                 "time_ratio": results[name].wall_time_per_prompt / power.wall_time_per_prompt,
                 "speedup_vs_mcmc": mcmc.wall_time_per_prompt / results[name].wall_time_per_prompt,
                 "forward_token_ratio": results[name].forward_tokens / max(power.forward_tokens, 1),
+                # Per completion token: an option that changes the outputs' length changes the
+                # work per generation for that reason alone.
+                "forward_tokens_per_token_ratio": per_token(results[name]) / per_token(power),
                 "loglik_delta": results[name].loglik_per_token - power.loglik_per_token,
                 "loglik_delta_stderr": (results[name].loglik_stderr ** 2 + power.loglik_stderr**2)
                 ** 0.5,
@@ -230,6 +233,11 @@ def run_bench(
             "batched calls (same prefixes, rows and lengths)",
         }
     return report
+
+
+def per_token(result: MethodResult) -> float:
+    """Forward tokens per completion token."""
+    return result.forward_tokens / max(result.completion_tokens, 1)
 
 
 def hardware() -> str:
@@ -271,7 +279,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- {name} vs power: {o['time_ratio']:.2f}x time "
             f"({o['speedup_vs_mcmc']:.1f}x faster than MCMC), "
-            f"{o['forward_token_ratio']:.2f}x forward tokens, "
+            f"{o['forward_token_ratio']:.2f}x forward tokens "
+            f"({o['forward_tokens_per_token_ratio']:.2f}x per completion token), "
             f"log p / token {o['loglik_delta']:+.3f} ± {o['loglik_delta_stderr']:.3f}"
         )
     if "efficiency" in report:

@@ -42,6 +42,7 @@ def test_report_has_every_measurement(report: dict) -> None:
         assert result["loglik_per_token"] < 0
     for option in report["options"].values():
         assert option["loglik_delta_stderr"] > 0 and option["speedup_vs_mcmc"] > 0
+        assert option["forward_tokens_per_token_ratio"] > 0
     # "power" is the paper's algorithm; each option runs alone on top of it.
     settings = {name: r["settings"] for name, r in report["methods"].items()}
     assert settings["power"]["adaptive_tolerance"] == 0 and not settings["power"]["reuse_rollouts"]
@@ -72,7 +73,7 @@ def test_the_recorded_calls_are_the_sampler_work_and_replay_in_full() -> None:
     drawn = generation.stats.candidate_tokens + generation.stats.rollout_tokens
     assert sum(call.drawn for call in recorder.calls) == drawn > 0
     # Block mode: per step one candidate call (L blocks of B) and at most one rollout call.
-    assert recorder.calls[0].n == FAST["num_candidates"]
+    assert len(recorder.calls[0].prefixes) * recorder.calls[0].n == FAST["num_candidates"]
     assert recorder.calls[0].new_tokens == FAST["block_size"]
     assert all(call.seconds > 0 for call in recorder.calls)
     seconds, tokens = replay_with_generate(recorder, recorder.calls)
