@@ -36,13 +36,13 @@ def test_report_has_every_measurement(report: dict) -> None:
     assert set(report["methods"]) == {"standard", "power", "mcmc", "power+adaptive", "power+reuse"}
     for result in report["methods"].values():
         assert result["prompts"] == 2 and result["samples"] == 2
-        assert result["wall_time_per_prompt"] > 0
+        assert result["wall_time_per_prompt"] > 0 and result["wall_time_per_token"] > 0
         assert result["loglik_stderr"] > 0  # four generations with different seeds
         assert result["forward_tokens"] > 0
         assert result["loglik_per_token"] < 0
     for option in report["options"].values():
         assert option["loglik_delta_stderr"] > 0 and option["speedup_vs_mcmc"] > 0
-        assert option["forward_tokens_per_token_ratio"] > 0
+        assert option["forward_tokens_per_token_ratio"] > 0 and option["time_per_token_ratio"] > 0
     # "power" is the paper's algorithm; each option runs alone on top of it.
     settings = {name: r["settings"] for name, r in report["methods"].items()}
     assert settings["power"]["adaptive_tolerance"] == 0 and not settings["power"]["reuse_rollouts"]
@@ -50,7 +50,13 @@ def test_report_has_every_measurement(report: dict) -> None:
     assert not settings["power+adaptive"]["reuse_rollouts"]
     assert settings["power+reuse"]["reuse_rollouts"]
     assert settings["power+reuse"]["adaptive_tolerance"] == 0
-    for key in ("speedup_vs_mcmc", "loglik_gain_vs_mcmc", "overhead_vs_standard", "peak_memory_mb"):
+    for key in (
+        "speedup_vs_mcmc",
+        "speedup_vs_mcmc_per_token",
+        "loglik_gain_vs_mcmc",
+        "overhead_vs_standard",
+        "peak_memory_mb",
+    ):
         assert isinstance(report[key], float)
     efficiency = report["efficiency"]
     assert efficiency["sampler_tokens_per_s"] > 0 and efficiency["generate_tokens_per_s"] > 0
