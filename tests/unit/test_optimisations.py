@@ -107,3 +107,19 @@ def test_rollout_reuse_draws_every_sequences_blocks_in_one_call() -> None:
     # Sequences did reuse blocks, and different numbers of them within one call.
     per_prefix = [sorted(Counter(c.prefixes).values()) for c in candidate_calls[1:]]
     assert any(counts[0] < counts[-1] for counts in per_prefix if counts)
+
+
+def test_adaptive_tolerance_trades_rollouts_for_fidelity_within_the_bound() -> None:
+    """On a flat table (no end token, so every step is a real choice), a larger tolerance
+    settles more steps after the first round: fewer rollouts, with the distribution still
+    within the noise bound of exact π at every tolerance."""
+    lm = rarely_ending_table(4, 1, eos=0.0, concentration=2.0)
+    pi = exact.power_distribution(lm, [1], BASE["alpha"], LENGTH)
+    runs, rollouts = 1500, []
+    for tolerance in (0.0, 0.05, 0.2):
+        config = PowerSamplingConfig(**BASE, adaptive_tolerance=tolerance)
+        generations = PowerSampler(lm, config).generate_batch([[1]] * runs, seed=7)
+        counts = Counter(tuple(g.token_ids) for g in generations)
+        assert total_variation({x: c / runs for x, c in counts.items()}, pi) < bound(pi, runs)
+        rollouts.append(mean_stat(generations, "rollout_tokens"))
+    assert rollouts[0] > rollouts[1] > rollouts[2]
