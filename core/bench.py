@@ -1,8 +1,9 @@
 """``power-sampling bench``: cost of power sampling against MCMC, standard decoding and the
 hardware, measured side by side in one run on one model and one prompt set.
 
-Reported per method: wall time per prompt, forward tokens (positions the model ran), completion
-tokens, and the mean base log-likelihood per token of the outputs (the sharpening achieved).
+Reported per method: wall time per generation and per completion token, forward tokens
+(positions the model ran), completion tokens, and the mean base log-likelihood per token of the
+outputs with its standard error (the sharpening achieved).
 Derived: the speed-up over MCMC at matched settings, the overhead over standard decoding, the
 effect of the options beyond the paper, and the power sampler's efficiency: the tokens per
 second it generates, everything between model calls included, against the model's own
