@@ -109,18 +109,20 @@ class RecordingBackend:
     def sample(self, prefixes: Any, n: int, max_new_tokens: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         out = self._backend.sample(prefixes, n, max_new_tokens, **kwargs)
-        seconds = time.perf_counter() - start
         budget = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)
         drawn = sum(len(c.token_ids) for row in out.continuations for c in row)
-        self.calls.append(Call([tuple(p) for p in prefixes], n, budget, drawn, seconds))
+        self._record(start, prefixes, n, budget, drawn)
         return out
 
     def top_k(self, prefixes: Any, k: int, **kwargs: Any) -> Any:
         start = time.perf_counter()
         out = self._backend.top_k(prefixes, k, **kwargs)
-        seconds = time.perf_counter() - start
-        self.calls.append(Call([tuple(p) for p in prefixes], 1, 1, len(prefixes), seconds))
+        self._record(start, prefixes, 1, 1, len(prefixes))  # one position scored per prefix
         return out
+
+    def _record(self, start: float, prefixes: Any, n: int, new_tokens: int, drawn: int) -> None:
+        seconds = time.perf_counter() - start
+        self.calls.append(Call([tuple(p) for p in prefixes], n, new_tokens, drawn, seconds))
 
 
 def replay_with_generate(backend: Any, calls: Sequence[Call]) -> tuple[float, int]:

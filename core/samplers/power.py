@@ -178,9 +178,9 @@ class ScalablePowerSampler(Sampler):
         # One call for every sequence, even when they reuse different numbers of blocks: each
         # fresh block is its own request (the backend prefills each distinct prefix once).
         requests = [
-            (state, state.prefix)
+            request
             for state in active
-            for _ in range(cfg.num_candidates - len(pools[state]))
+            for request in [(state, state.prefix)] * (cfg.num_candidates - len(pools[state]))
         ]
         drawn = self.sample(
             requests,
