@@ -21,6 +21,10 @@ once (padding excluded), plus one per batch row per decode step.
 Log-probs are the model's raw base log-probs (``log_softmax`` of float32 logits at temperature
 1), never warper-processed; tokens are drawn from softmax(logits / temperature) with a
 ``torch.Generator`` seeded by the call's seed.
+
+The row batches and the kept store are in :mod:`.kv_rows`, the per-decode bookkeeping in
+:mod:`.draws`; this module (over 400 lines: loading, text, the protocol and the model runs belong
+together) runs the model.
 """
 
 from __future__ import annotations
@@ -29,12 +33,9 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from .base import (
     Continuation,
@@ -45,49 +46,17 @@ from .base import (
     budgets,
     validate_prefixes,
 )
+from .draws import Draws, draw
+from .kv_rows import KeptStore, Rows, Seq, concat, select
 
 logger = logging.getLogger(__name__)
 
-Seq = tuple[int, ...]
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-"""Per-layer (keys, values), each ``[rows, heads, columns, head_dim]``."""
 T = TypeVar("T")
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 """Chat end-of-turn tokens that end a continuation whenever the vocabulary has them."""
-KEPT_BATCHES = 4
-"""How many ``keep_cache`` batches are remembered (the least recently used goes first)."""
 SYNC_EVERY = 8
 """Decode steps between checks for ended rows; each check copies new tokens to the host."""
-
-
-@dataclass
-class _Rows:
-    """Sequences whose every token is in ``cache``, one per row, padded to a common width.
-
-    ``mask`` is 1 on real columns and 0 on padding and holes; ``logits`` are the float32
-    next-token logits after each row's last token (None before the first run).
-    """
-
-    seqs: list[Seq]
-    cache: DynamicCache
-    mask: torch.Tensor
-    logits: torch.Tensor | None
-
-    @property
-    def kv(self) -> KV:
-        layers: list[Any] = list(self.cache.layers)  # all DynamicLayer: built by _new_cache
-        return [(layer.keys, layer.values) for layer in layers]
-
-
-@dataclass
-class _Kept:
-    """A kept batch: ``index`` maps each row's sequence to the row; ``lengths`` are their
-    lengths, so a lookup tries one slice of the prefix per distinct length."""
-
-    rows: _Rows
-    index: dict[Seq, int]
-    lengths: set[int]
 
 
 class TransformersBackend:
@@ -131,7 +100,7 @@ class TransformersBackend:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in v5
         self._logits_to_keep = "logits_to_keep" in params
         self._lock = threading.RLock()
-        self._kept: list[_Kept] = []
+        self._kept = KeptStore()
 
     @classmethod
     def from_transformers(
@@ -242,7 +211,7 @@ class TransformersBackend:
         if k < 1:
             raise ValueError(f"k={k} is invalid: ask for at least one token")
         requests = [tuple(int(t) for t in p) for p in prefixes]
-        kept: list[_Rows] = []
+        kept: list[Rows] = []
 
         def run(chunk: range) -> tuple[list[TopK], int]:
             rows, where, forward = self._resolve([requests[i] for i in chunk])
@@ -259,7 +228,7 @@ class TransformersBackend:
 
         with self._lock, torch.inference_mode():
             parts = self._in_chunks(len(requests), run)
-            self._remember(kept)
+            self._kept.remember(kept)
         return TopKOutput([e for p, _ in parts for e in p], sum(f for _, f in parts))
 
     def sample(
@@ -287,12 +256,12 @@ class TransformersBackend:
             )
         owner = [i for i in range(len(prefixes)) for _ in range(n)]  # the prefix of each row
         requests = [tuple(int(t) for t in p) for p in prefixes]
-        kept: list[_Rows] = []
+        kept: list[Rows] = []
 
         def run(chunk: range) -> tuple[list[Continuation], int]:
             mine = [owner[r] for r in chunk]
             rows, where, forward = self._resolve([requests[i] for i in mine])
-            rows = _select(rows, where)  # each prefix's cache, expanded to its rows
+            rows = select(rows, where)  # each prefix's cache, expanded to its rows
             out, decoded, done = self._decode(
                 rows, [limits[i] for i in mine], generator, temperature, stop, keep_cache
             )
@@ -302,36 +271,12 @@ class TransformersBackend:
         with self._lock, torch.inference_mode():
             generator = torch.Generator(self.device).manual_seed(int(seed) % 2**64)
             parts = self._in_chunks(len(owner), run)
-            self._remember(kept)
+            self._kept.remember(kept)
         flat = [c for p, _ in parts for c in p]
         grouped = [flat[i * n : (i + 1) * n] for i in range(len(prefixes))]
         return SampleOutput(grouped, sum(f for _, f in parts))
 
-    # -- the kept store ----------------------------------------------------------------------
-
-    def _remember(self, parts: list[_Rows]) -> None:
-        """Keep these rows for later calls whose prefixes equal or extend their sequences."""
-        rows = _concat(parts) if parts else None
-        if rows is not None and rows.seqs:
-            index = {s: i for i, s in enumerate(rows.seqs)}
-            self._kept.append(_Kept(rows, index, {len(s) for s in rows.seqs}))
-            del self._kept[:-KEPT_BATCHES]
-
-    def _lookup(self, prefix: Seq) -> tuple[_Kept, int, int] | None:
-        """(batch, row, length) of the longest kept sequence that ``prefix`` starts with; that
-        batch becomes the most recently used."""
-        best: tuple[_Kept, int, int] | None = None
-        for kept in self._kept:
-            for length in kept.lengths:
-                row = kept.index.get(prefix[:length]) if length <= len(prefix) else None
-                if row is not None and (best is None or length > best[2]):
-                    best = (kept, row, length)
-        if best is not None:
-            self._kept.remove(best[0])
-            self._kept.append(best[0])
-        return best
-
-    def _resolve(self, prefixes: list[Seq]) -> tuple[_Rows, list[int], int]:
+    def _resolve(self, prefixes: list[Seq]) -> tuple[Rows, list[int], int]:
         """One row with cache and next-token logits per distinct prefix.
 
         Kept rows are gathered and run only their extra tokens; the other prefixes are
@@ -339,22 +284,7 @@ class TransformersBackend:
         and the number of tokens run.
         """
         distinct = list(dict.fromkeys(prefixes))
-        groups: dict[int, tuple[_Kept, list[int], list[int]]] = {}
-        fresh = []
-        for i, prefix in enumerate(distinct):
-            hit = self._lookup(prefix)
-            if hit is None:
-                fresh.append(i)
-            else:
-                members, picks = groups.setdefault(id(hit[0]), (hit[0], [], []))[1:]
-                members.append(i)
-                picks.append(hit[1])
-        parts = [_select(kept.rows, picks) for kept, _, picks in groups.values()]
-        order = [i for _, members, _ in groups.values() for i in members] + fresh
-        if fresh:
-            empty = torch.zeros(len(fresh), 0, dtype=torch.long, device=self.device)
-            parts.append(_Rows([()] * len(fresh), DynamicCache(), empty, None))
-        rows = _concat(parts)
+        rows, order = self._kept.gather(distinct, self.device)
         extra = [distinct[i][len(s) :] for i, s in zip(order, rows.seqs, strict=True)]
         forward = self._extend(rows, extra)
         row_of = {distinct[i]: j for j, i in enumerate(order)}
@@ -362,7 +292,7 @@ class TransformersBackend:
 
     # -- running the model -------------------------------------------------------------------
 
-    def _extend(self, rows: _Rows, extra: list[Seq]) -> int:
+    def _extend(self, rows: Rows, extra: list[Seq]) -> int:
         """Run each row's ``extra`` tokens, right-aligned so the last column holds every row's
         last token; rows without extra tokens keep their logits. Returns the tokens run."""
         width = max(map(len, extra), default=0)
@@ -381,7 +311,7 @@ class TransformersBackend:
         rows.seqs = [s + e for s, e in zip(rows.seqs, extra, strict=True)]
         return sum(map(len, extra))
 
-    def _forward(self, rows: _Rows, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    def _forward(self, rows: Rows, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Append ``ids`` (real where ``new`` is 1) to the rows' cache; return the float32 logits
         after the last column. Positions count real tokens, so padding does not shift them."""
         rows.mask = torch.cat([rows.mask, new], dim=1)
@@ -400,13 +330,13 @@ class TransformersBackend:
 
     def _decode(
         self,
-        rows: _Rows,
+        rows: Rows,
         limits: list[int],
         generator: torch.Generator,
         temperature: float,
         stop: StopCondition,
         keep: bool,
-    ) -> tuple[list[Continuation], int, _Rows | None]:
+    ) -> tuple[list[Continuation], int, Rows | None]:
         """Draw up to ``limits[r]`` tokens for every row.
 
         Tokens stay on the device; at every budget and every ``SYNC_EVERY`` steps the new ones
@@ -415,61 +345,36 @@ class TransformersBackend:
         once a quarter of it has ended. With ``keep``, rows that ran out of budget run their last
         token too and are returned with their cache and logits.
         """
-        count, longest = len(limits), max(limits, default=0)
-        tokens = torch.zeros(count, max(longest, 1), dtype=torch.long, device=self.device)
-        base = torch.zeros(count, max(longest, 1), device=self.device)
-        proposal = torch.zeros_like(base)
-        live = list(range(count))  # the continuation of each batch row
-        live_index = torch.arange(count, device=self.device)
-        seen: list[list[int]] = [[] for _ in range(count)]
-        ends = {r: (0, False) for r in live if limits[r] == 0}  # r -> (length, finished)
-        checks, pulled, forward, kept = set(limits), 0, 0, []
-        for step in range(longest):
-            assert rows.logits is not None  # draw one token per batch row, on the device
-            token, lp, lq = _draw(rows.logits, temperature, generator)
-            tokens[live_index, step], base[live_index, step] = token, lp
-            proposal[live_index, step] = lq
+        draws = Draws(limits, self.device)
+        live = list(range(len(limits)))  # the continuation of each batch row
+        checks, forward, kept = set(limits), 0, []
+        for step in range(draws.longest):
+            assert rows.logits is not None
+            token, lp, lq = draw(rows.logits, temperature, generator)
+            draws.record(live, step, token, lp, lq)
             drawn = step + 1
             checked = drawn in checks or drawn % SYNC_EVERY == 0  # nothing ends in between
             harvest: list[int] = []
             if checked:  # which rows ended, on the host
-                host = tokens[live_index, pulled:drawn].tolist()
-                for r, new in zip(live, host, strict=True):
-                    if r not in ends:
-                        seen[r].extend(new)
-                        end = self._find_end(seen[r], pulled, limits[r], stop)
-                        if end is not None:
-                            ends[r] = end
-                pulled = drawn
+                draws.pull(live, drawn, lambda t, s, n: self._find_end(t, s, n, stop))
                 # Rows out of budget just now are kept: they still need their last token run.
-                harvest = [j for j, r in enumerate(live) if keep and ends.get(r) == (drawn, False)]
-                if not harvest and all(r in ends for r in live):
+                harvest = [
+                    j for j, r in enumerate(live) if keep and draws.ends.get(r) == (drawn, False)
+                ]
+                if not harvest and all(r in draws.ends for r in live):
                     break
             rows.logits = self._forward(rows, token[:, None], torch.ones_like(token)[:, None])
             forward += len(live)
             if not checked:
                 continue
             if harvest:
-                done = _select(rows, harvest)
-                done.seqs = [
-                    s + tuple(seen[live[j]]) for s, j in zip(done.seqs, harvest, strict=True)
-                ]
-                kept.append(done)
-            stay = [j for j, r in enumerate(live) if r not in ends]  # compact when worth it
+                kept.append(draws.finished_rows(rows, live, harvest))
+            stay = [j for j, r in enumerate(live) if r not in draws.ends]
             if not stay:
                 break
-            if 4 * (len(live) - len(stay)) >= len(live):
-                rows, live = _select(rows, stay), [live[j] for j in stay]
-                live_index = torch.tensor(live, device=self.device)
-        out = []
-        columns = zip(tokens.tolist(), base.tolist(), proposal.tolist(), strict=True)
-        for r, (ids, lps, lqs) in enumerate(columns):
-            length, finished = ends[r]
-            logps = tuple(lps[:length])
-            out.append(
-                Continuation(tuple(ids[:length]), sum(logps), finished, logps, tuple(lqs[:length]))
-            )
-        return out, forward, _concat(kept) if kept else None
+            if 4 * (len(live) - len(stay)) >= len(live):  # compact when worth it
+                rows, live = select(rows, stay), [live[j] for j in stay]
+        return draws.continuations(), forward, concat(kept) if kept else None
 
     def _find_end(
         self, tokens: list[int], start: int, limit: int, stop: StopCondition
@@ -537,82 +442,7 @@ class _TokenIdsBackend(TransformersBackend):
         return super().__getattribute__(name)
 
 
-# -- tensor helpers ----------------------------------------------------------------------------
-
-
-def _draw(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One token per row from softmax(logits / temperature), with its base and proposal
-    log-probs. Inverse-CDF sampling: one uniform per row and a search in the cumulative sums,
-    all on the device (no host sync), and some 20x cheaper on the CPU than racing exponential
-    noise over the whole vocabulary."""
-    logp = torch.log_softmax(logits, -1)
-    logq = logp if temperature == 1.0 else torch.log_softmax(logits / temperature, -1)
-    cdf = logq.exp().cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator)
-    # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of
-    # probability zero (its cumulative sum equals its predecessor's).
-    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(cdf.shape[1] - 1)
-    pick = token[:, None]
-    return token, logp.gather(1, pick)[:, 0], logq.gather(1, pick)[:, 0]
-
-
-def _new_cache(kv: KV) -> DynamicCache:
-    """A DynamicCache over these tensors as they are (``update`` would copy them once more)."""
-    cache = DynamicCache()
-    for keys, values in kv:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        cache.layers.append(layer)
-    return cache
-
-
-def _select(rows: _Rows, index: list[int]) -> _Rows:
-    """A new batch of the given rows (repeats allowed); ``rows`` is left as it is."""
-    at = torch.tensor(index, dtype=torch.long, device=rows.mask.device)
-    cache = _new_cache([(k.index_select(0, at), v.index_select(0, at)) for k, v in rows.kv])
-    logits = None if rows.logits is None else rows.logits.index_select(0, at)
-    return _Rows([rows.seqs[i] for i in index], cache, rows.mask.index_select(0, at), logits)
-
-
-def _concat(parts: list[_Rows]) -> _Rows:
-    """Stack batches, left-padding narrower ones with masked zero columns."""
-    if len(parts) == 1:
-        return parts[0]
-    width = max(p.mask.shape[1] for p in parts)
-    like = next((p.kv for p in parts if p.kv), [])
-    per_part = [p.kv or _uncached(like, len(p.seqs)) for p in parts]
-    kv = []
-    for i in range(len(like)):
-        keys = torch.cat([_pad_left(layers[i][0], width, 2) for layers in per_part])
-        values = torch.cat([_pad_left(layers[i][1], width, 2) for layers in per_part])
-        kv.append((keys, values))
-    mask = torch.cat([_pad_left(p.mask, width, 1) for p in parts])
-    logits = None
-    first = next((p.logits for p in parts if p.logits is not None), None)
-    if first is not None:
-        blank = first.new_zeros(1, first.shape[1])
-        logits = torch.cat(
-            [blank.expand(len(p.seqs), -1) if p.logits is None else p.logits for p in parts]
-        )
-    return _Rows([s for p in parts for s in p.seqs], _new_cache(kv), mask, logits)
-
-
-def _uncached(like: KV, rows: int) -> KV:
-    """Zero-width keys and values for ``rows`` rows, shaped like ``like``."""
-    return [
-        (k.new_zeros(rows, k.shape[1], 0, k.shape[3]), v.new_zeros(rows, v.shape[1], 0, v.shape[3]))
-        for k, v in like
-    ]
-
-
-def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """``t`` with zero columns prepended along ``dim`` up to ``width``."""
-    shape = list(t.shape)
-    shape[dim] = width - t.shape[dim]
-    return torch.cat([t.new_zeros(shape), t], dim=dim) if shape[dim] else t
+# -- helpers ---------------------------------------------------------------------------------------
 
 
 def _has_stop(text: str, strings: Sequence[str]) -> bool:

@@ -1,0 +1,91 @@
+"""Drawing tokens on the device for the transformers backend, and the bookkeeping of a decode:
+what every continuation drew, copied to the host only at checks, and where each one ended."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .base import Continuation
+from .kv_rows import Rows, select
+
+
+class Draws:
+    """The tokens drawn for every continuation, with their base and proposal log-probs, kept on
+    the device; and, on the host, the tokens copied so far and where each continuation ended."""
+
+    def __init__(self, limits: list[int], device: torch.device) -> None:
+        count, self.longest = len(limits), max(limits, default=0)
+        self.tokens = torch.zeros(count, max(self.longest, 1), dtype=torch.long, device=device)
+        self.base = torch.zeros(count, max(self.longest, 1), device=device)
+        self.proposal = torch.zeros_like(self.base)
+        self.limits = limits
+        self.seen: list[list[int]] = [[] for _ in range(count)]
+        self.ends = {r: (0, False) for r in range(count) if limits[r] == 0}  # (length, finished)
+        self.pulled = 0
+        self.live_index = torch.arange(count, device=device)
+        self._live_count = count
+
+    def record(
+        self, live: list[int], step: int, token: torch.Tensor, lp: torch.Tensor, lq: torch.Tensor
+    ) -> None:
+        """Store one drawn token per batch row; ``live`` names each row's continuation."""
+        if len(live) != self._live_count:  # the batch was compacted
+            self.live_index = torch.tensor(live, device=self.tokens.device)
+            self._live_count = len(live)
+        self.tokens[self.live_index, step], self.base[self.live_index, step] = token, lp
+        self.proposal[self.live_index, step] = lq
+
+    def pull(
+        self,
+        live: list[int],
+        drawn: int,
+        find_end: Callable[[list[int], int, int], tuple[int, bool] | None],
+    ) -> None:
+        """Copy the tokens drawn since the last pull to the host and record the rows that
+        ended (``find_end(tokens, start, limit)``)."""
+        host = self.tokens[self.live_index, self.pulled : drawn].tolist()
+        for r, new in zip(live, host, strict=True):
+            if r not in self.ends:
+                self.seen[r].extend(new)
+                end = find_end(self.seen[r], self.pulled, self.limits[r])
+                if end is not None:
+                    self.ends[r] = end
+        self.pulled = drawn
+
+    def finished_rows(self, rows: Rows, live: list[int], picks: list[int]) -> Rows:
+        """The batch rows ``picks``, their sequences extended by the tokens they drew."""
+        done = select(rows, picks)
+        done.seqs = [s + tuple(self.seen[live[j]]) for s, j in zip(done.seqs, picks, strict=True)]
+        return done
+
+    def continuations(self) -> list[Continuation]:
+        """One continuation per row, cut where it ended."""
+        out = []
+        columns = zip(self.tokens.tolist(), self.base.tolist(), self.proposal.tolist(), strict=True)
+        for r, (ids, lps, lqs) in enumerate(columns):
+            length, finished = self.ends[r]
+            logps = tuple(lps[:length])
+            out.append(
+                Continuation(tuple(ids[:length]), sum(logps), finished, logps, tuple(lqs[:length]))
+            )
+        return out
+
+
+def draw(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(logits / temperature), with its base and proposal
+    log-probs. Inverse-CDF sampling: one uniform per row and a search in the cumulative sums,
+    all on the device (no host sync), and some 20x cheaper on the CPU than racing exponential
+    noise over the whole vocabulary."""
+    logp = torch.log_softmax(logits, -1)
+    logq = logp if temperature == 1.0 else torch.log_softmax(logits / temperature, -1)
+    cdf = logq.exp().cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator)
+    # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of
+    # probability zero (its cumulative sum equals its predecessor's).
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(cdf.shape[1] - 1)
+    pick = token[:, None]
+    return token, logp.gather(1, pick)[:, 0], logq.gather(1, pick)[:, 0]
