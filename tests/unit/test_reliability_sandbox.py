@@ -75,8 +75,9 @@ def test_program_that_runs_its_tests_to_the_end_passes() -> None:
     "attempt",
     [
         "import posix\nposix.system('touch {marker}')\n",
-        "import posix\nif posix.fork() == 0:\n    posix.execv('/bin/sh', ['sh', '-c', 'touch {marker}'])"
-        "\nimport time\ntime.sleep(0.5)\n",
+        "import posix\nif posix.fork() == 0:\n"
+        "    posix.execv('/bin/sh', ['sh', '-c', 'touch {marker}'])\n"
+        "import time\ntime.sleep(0.5)\n",
         "import importlib, os\nimportlib.reload(os)\nos.system('touch {marker}')\n",
         "open('{marker}', 'w').write('x')\n",
     ],
