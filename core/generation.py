@@ -26,6 +26,10 @@ class GenerationStats:
     rollout_tokens: int = 0
     forward_tokens: int = 0
     wall_time: float = 0.0
+    min_kept_mass: float = 1.0
+    """Power sampling: the smallest ``StepTrace.kept_mass`` over the generation's steps (1.0 when
+    no step left anything out). Well below 1 means the top-K truncation, not the power
+    distribution, decided that step: raise ``top_k``."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +48,12 @@ class StepTrace:
     p_jk: list[float]
     chosen: int
     num_rollouts: int
+    kept_mass: float = 1.0
+    """Share of the candidate pool's estimated power mass Σ p(c)^α ζ(c) that the kept top-K
+    candidates hold (:func:`power_sampling.power_math.kept_mass`). The pool is the distinct drawn
+    blocks (block level) or the whole vocabulary (token level). Candidates left out have no
+    rollouts, so each gets the mean ζ̂ of the kept ones; at token level their p^α is bounded
+    from above, so the share is a lower estimate. No extra model calls."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

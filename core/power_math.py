@@ -141,3 +141,49 @@ def score_candidates(
     total = clipped.sum()
     p_jk = clipped / total if total > 0 else p_hat
     return CandidateScores(lz, p_hat, p_jk, p_jk, raw, p_loo)
+
+
+def kept_mass(
+    log_p: ArrayLike,
+    log_zeta_: ArrayLike,
+    alpha: float,
+    *,
+    has_future: ArrayLike | None = None,
+    dropped_future: float = -np.inf,
+    dropped_ended: float = -np.inf,
+) -> float:
+    """Share of the candidate pool's estimated power mass that the kept candidates hold.
+
+    The power mass of a candidate c is p(c)^α · ζ(c). The kept candidates use their estimate
+    ζ̂ (``log_zeta_``); the dropped ones had no rollouts, so each is given the mean ζ̂ of the
+    kept candidates that have a future (ζ = 1 for dropped candidates that ended the sequence):
+
+        kept = Σ_kept p^α ζ̂        share = kept / (kept + ζ̄ · D_future + D_ended)
+
+    ``dropped_future`` / ``dropped_ended``: log Σ p^α over the dropped candidates with and
+    without a future (-inf when there are none). 1.0 means nothing of weight was dropped.
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    lz = np.asarray(log_zeta_, dtype=np.float64)
+    future = np.ones(len(log_p), dtype=bool) if has_future is None else np.asarray(has_future, bool)
+    kept = logsumexp(alpha * log_p + lz)
+    zeta_bar = float(logsumexp(lz[future]) - np.log(future.sum())) if future.any() else 0.0
+    total = logsumexp(np.array([kept, zeta_bar + dropped_future, dropped_ended]))
+    return float(np.exp(kept - total)) if np.isfinite(total) else 1.0
+
+
+def dropped_token_mass(kept_log_p: ArrayLike, alpha: float, vocab_size: int) -> float:
+    """An upper bound on log Σ p(v)^α over the tokens outside the top K (token level).
+
+    Only the kept tokens' probabilities are known; the rest share r = 1 - Σ_kept p, each at
+    most the smallest kept p_K. For α ≥ 1, Σ p^α ≤ p_K^(α-1) · r; for α < 1 (concave), at most
+    n^(1-α) · r^α over the n unkept tokens.
+    """
+    kept = np.exp(np.asarray(kept_log_p, dtype=np.float64))
+    rest = max(0.0, 1.0 - float(kept.sum()))
+    unkept = vocab_size - len(kept)
+    if rest <= 1e-12 or unkept <= 0 or len(kept) == 0:
+        return -np.inf
+    if alpha >= 1:
+        return float((alpha - 1) * np.log(kept.min()) + np.log(rest))
+    return float((1 - alpha) * np.log(unkept) + alpha * np.log(rest))

@@ -28,7 +28,13 @@ import numpy as np
 from ..backends.base import Backend, Continuation, StopCondition
 from ..config import PowerSamplingConfig
 from ..generation import StepTrace
-from ..power_math import CandidateScores, score_candidates
+from ..power_math import (
+    CandidateScores,
+    dropped_token_mass,
+    kept_mass,
+    logsumexp,
+    score_candidates,
+)
 from .base import Commit, Sampler, SequenceState
 
 
@@ -48,6 +54,8 @@ class _Decision:
     rollouts: list[list[Continuation]]
     """Per candidate; empty for a candidate without a future."""
     horizons: list[int]
+    dropped: tuple[float, float] = (-np.inf, -np.inf)
+    """log Σ p^α of the pool's candidates left out of the top K: (with a future, ended)."""
     _scores: CandidateScores | None = field(default=None, repr=False)
 
     @property
@@ -75,6 +83,20 @@ class _Decision:
         return score_candidates(log_p, lam, alpha, has_future=future, jackknife=jackknife)
 
 
+_Proposal = tuple[list[Candidate], tuple[float, float]]
+"""A step's kept candidates and the power mass of those dropped (see ``_Decision.dropped``)."""
+
+
+def _power_mass(dropped: list[Candidate], alpha: float) -> tuple[float, float]:
+    """log Σ p^α of dropped candidates: (with a future, ended)."""
+    future = [alpha * c.logprob for c in dropped if not c.finished]
+    ended = [alpha * c.logprob for c in dropped if c.finished]
+    return (
+        float(logsumexp(np.array(future))) if future else -np.inf,
+        float(logsumexp(np.array(ended))) if ended else -np.inf,
+    )
+
+
 class ScalablePowerSampler(Sampler):
     """Algorithms 1 and 2 of the paper over any backend."""
 
@@ -91,12 +113,13 @@ class ScalablePowerSampler(Sampler):
         else:
             proposals = self._top_blocks(active, stop, rng)
         decisions = []
-        for state, candidates in zip(active, proposals, strict=True):
+        for state, (candidates, dropped) in zip(active, proposals, strict=True):
             horizons = [
                 0 if c.finished else min(cfg.rollout_length, state.remaining - len(c.token_ids))
                 for c in candidates
             ]
-            decisions.append(_Decision(state, candidates, [[] for _ in candidates], horizons))
+            rollouts: list[list[Continuation]] = [[] for _ in candidates]
+            decisions.append(_Decision(state, candidates, rollouts, horizons, dropped))
 
         # Rollouts, in two rounds when the adaptive budget is on.
         first = cfg.num_rollouts
@@ -135,6 +158,15 @@ class ScalablePowerSampler(Sampler):
         cfg, state, candidates = self.config, decision.state, decision.candidates
         scores = decision.score(cfg.alpha, cfg.jackknife)
         chosen = int(rng.choice(len(candidates), p=scores.probs)) if len(candidates) > 1 else 0
+        kept = kept_mass(
+            [c.logprob for c in candidates],
+            scores.log_zeta,
+            cfg.alpha,
+            has_future=[h > 0 for h in decision.horizons],
+            dropped_future=decision.dropped[0],
+            dropped_ended=decision.dropped[1],
+        )
+        state.stats.min_kept_mass = min(state.stats.min_kept_mass, kept)
         if state.trace is not None:
             state.trace.append(
                 StepTrace(
@@ -146,6 +178,7 @@ class ScalablePowerSampler(Sampler):
                     p_jk=scores.p_jk.tolist(),
                     chosen=chosen,
                     num_rollouts=sum(len(r) for r in decision.rollouts),
+                    kept_mass=kept,
                 )
             )
         if cfg.reuse_rollouts:
@@ -153,25 +186,28 @@ class ScalablePowerSampler(Sampler):
         pick = candidates[chosen]
         return state, state.commit(pick.token_ids, pick.finished, pick.logprob)
 
-    def _top_tokens(
-        self, active: list[SequenceState], stop: StopCondition
-    ) -> list[list[Candidate]]:
-        """Algorithm 1: the K most likely next tokens are the candidates."""
+    def _top_tokens(self, active: list[SequenceState], stop: StopCondition) -> list[_Proposal]:
+        """Algorithm 1: the K most likely next tokens are the candidates (with a bound on the
+        power mass of the tokens left out)."""
         out = self.backend.top_k([s.prefix for s in active], self.config.top_k, keep_cache=True)
         for state in active:
             state.stats.backend_calls += 1
             state.stats.forward_tokens += round(out.forward_tokens / len(active))
+        vocab, alpha = self.backend.vocab_size, self.config.alpha
         return [
-            [
-                Candidate((t,), lp, t in stop.token_ids)
-                for t, lp in zip(entry.token_ids, entry.logprobs, strict=True)
-            ]
+            (
+                [
+                    Candidate((t,), lp, t in stop.token_ids)
+                    for t, lp in zip(entry.token_ids, entry.logprobs, strict=True)
+                ],
+                (dropped_token_mass(entry.logprobs, alpha, vocab), -np.inf),
+            )
             for entry in out.entries
         ]
 
     def _top_blocks(
         self, active: list[SequenceState], stop: StopCondition, rng: np.random.Generator
-    ) -> list[list[Candidate]]:
+    ) -> list[_Proposal]:
         """Algorithm 2: draw L blocks (less any reused ones), drop duplicates, keep the top K."""
         cfg = self.config
         pools = {state: self._reusable(state) for state in active}
@@ -195,7 +231,8 @@ class ScalablePowerSampler(Sampler):
         out = []
         for state in active:
             distinct = {c.token_ids: c for c in pools[state]}
-            out.append(sorted(distinct.values(), key=lambda c: -c.logprob)[: cfg.top_k])
+            ranked = sorted(distinct.values(), key=lambda c: -c.logprob)
+            out.append((ranked[: cfg.top_k], _power_mass(ranked[cfg.top_k :], cfg.alpha)))
         return out
 
     def _reusable(self, state: SequenceState) -> list[Candidate]:
