@@ -5,8 +5,9 @@ inspected) and whether it is correct.
 
 * Math (MATH-500, GSM8K): the last ``\\boxed{...}`` is the answer; GSM8K falls back to ``#### N``,
   "the answer is N" and finally the last number, since its references are plain numbers. Answers
-  are compared with ``math-verify``, gold first, with its signal-based timeouts switched off so
-  grading works from worker threads (signals only reach the main thread).
+  are compared with ``math-verify``, gold first, in worker processes with a time bound per
+  answer (:mod:`power_sampling.evals.math_worker`; its signal-based timeouts only work in the
+  main thread).
 * Multiple choice (GPQA): the letter in the last ``\\boxed{}``, else the last "answer is (X)".
 * Code (HumanEval, MBPP): the code is pulled out of a fenced block (chat models) or cut at the
   usual stop sequences (base models continuing the prompt), assembled with the benchmark's tests,
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from power_sampling.evals.execution import run_python
+from power_sampling.evals.math_worker import GRADE_TIMEOUT_S, GradeTimeout, math_equal_bounded
 
 # Longer answers are not handed to sympy: with timeouts off, a pathological expression could hang.
 MAX_ANSWER_CHARS = 1000
@@ -84,12 +86,20 @@ def math_equal(gold: str, prediction: str) -> bool:
     return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None))
 
 
-def grade_math(completion: str, gold: str) -> GradeResult:
-    """MATH-500: the last ``\\boxed{}`` must equal the reference answer."""
+def grade_math(completion: str, gold: str, *, timeout_s: float = GRADE_TIMEOUT_S) -> GradeResult:
+    """MATH-500: the last ``\\boxed{}`` must equal the reference answer (decided within
+    ``timeout_s``: a comparison that takes longer is graded wrong, with the reason)."""
     answer = last_boxed(completion)
     if answer is None:
         return GradeResult(False, None, "no \\boxed{} answer in the completion")
-    return GradeResult(math_equal(gold, answer), answer)
+    return _compare(gold, answer, timeout_s)
+
+
+def _compare(gold: str, answer: str, timeout_s: float) -> GradeResult:
+    try:
+        return GradeResult(math_equal_bounded(gold, answer, timeout_s), answer)
+    except GradeTimeout as error:
+        return GradeResult(False, answer, f"grading timed out: {error}")
 
 
 _NUMBER = re.compile(r"(?<![\w.])(-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+))")
@@ -114,12 +124,12 @@ def extract_gsm8k_answer(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
-def grade_gsm8k(completion: str, gold: str) -> GradeResult:
-    """GSM8K: the extracted number must equal the reference number."""
+def grade_gsm8k(completion: str, gold: str, *, timeout_s: float = GRADE_TIMEOUT_S) -> GradeResult:
+    """GSM8K: the extracted number must equal the reference number (within ``timeout_s``)."""
     answer = extract_gsm8k_answer(completion)
     if answer is None:
         return GradeResult(False, None, "no number in the completion")
-    return GradeResult(math_equal(gold, answer), answer)
+    return _compare(gold, answer, timeout_s)
 
 
 def _boxed_number(content: str) -> str:
