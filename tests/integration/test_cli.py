@@ -21,16 +21,10 @@ from typing import Any
 import pytest
 
 from power_sampling import PRESETS, PowerSamplingConfig
-from power_sampling.cli import (
-    DEMO_ANSWER,
-    UsageError,
-    build_parser,
-    build_prompt,
-    config_from_args,
-    extract_number,
-    main,
-    render_demo,
-)
+from power_sampling.cli import build_parser, main
+from power_sampling.cli.common import UsageError, config_from_args
+from power_sampling.cli.demo import DEMO_ANSWER, extract_number, render_demo
+from power_sampling.cli.generate import build_prompt
 from power_sampling.generation import Generation, GenerationStats
 
 CLI = [sys.executable, "-m", "power_sampling.cli"]

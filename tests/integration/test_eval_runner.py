@@ -300,7 +300,7 @@ def tiny_flags(model_dir: Path, out: Path) -> list[str]:
 def test_cli_eval_and_compare(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from power_sampling.evals.cli import main
+    from power_sampling.cli import main
 
     flags = tiny_flags(tiny_model_dir, tmp_path)
     assert main(["eval", "--task", "gsm8k", "--method", "power", "--limit", "2", *flags]) == 0
@@ -317,7 +317,7 @@ def test_cli_eval_and_compare(
 
 
 def test_cli_registers_on_a_parent_parser() -> None:
-    from power_sampling.evals.cli import add_eval_parser
+    from power_sampling.cli.eval import add_parser as add_eval_parser
 
     parser = argparse.ArgumentParser(prog="power-sampling")
     add_eval_parser(parser.add_subparsers(dest="command", required=True))
@@ -343,7 +343,7 @@ def test_cli_registers_on_a_parent_parser() -> None:
 def test_cli_bad_input(
     argv: list[str], code: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from power_sampling.evals.cli import main
+    from power_sampling.cli import main
 
     try:
         status = main(["eval", *argv, "--output-dir", str(tmp_path / "out")])
@@ -356,7 +356,7 @@ def test_cli_bad_input(
 
 def test_cli_bad_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Checked before the model loads (the model named here does not exist)."""
-    from power_sampling.evals.cli import main
+    from power_sampling.cli import main
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

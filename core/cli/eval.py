@@ -1,12 +1,7 @@
 """``power-sampling eval``: evaluate a method on a benchmark, or compare methods.
 
-    power-sampling eval --task gsm8k --method power --limit 20 --preset cpu
-    power-sampling eval compare --task gsm8k --limit 20 --preset cpu
-
-Registered in the main CLI by :func:`add_eval_parser`; the sampling flags, ``--model`` and
-``-v/--quiet`` come from :mod:`power_sampling.cli`'s shared helpers (imported inside the
-functions, so the two modules can import each other in either order). Until the main CLI lists
-it, ``python -m power_sampling.evals.cli eval ...`` runs it the same way.
+power-sampling eval --task gsm8k --method power --limit 20 --preset cpu
+power-sampling eval compare --task gsm8k --limit 20 --preset cpu
 """
 
 from __future__ import annotations
@@ -23,13 +18,13 @@ from power_sampling.config import METHODS
 from power_sampling.evals.compare import COMPARE_METHODS
 from power_sampling.evals.tasks import TASKS
 
+from . import common as base
+
 DEFAULT_OUTPUT_DIR = "eval_results"
 
 
-def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand (with its ``compare`` mode) to ``subparsers``."""
-    from power_sampling import cli as base
-
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "eval",
         help="evaluate a method on a benchmark (or compare methods)",
@@ -121,7 +116,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any, Path]:
     """Validate flags, settings, task data and output files before the model loads."""
-    from power_sampling import cli as base
     from power_sampling.evals.runner import prepare_output
     from power_sampling.evals.tasks import get_task
 
@@ -145,7 +139,6 @@ def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from power_sampling import cli as base
     from power_sampling.models import DEFAULT_MODEL
 
     return dict(
@@ -161,7 +154,6 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Evaluate one method; print its summary."""
-    from power_sampling import cli as base
     from power_sampling.evals.runner import evaluate
 
     if args.methods is not None:
@@ -176,7 +168,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Evaluate each of ``--methods``; print the markdown table, write it and the plot."""
-    from power_sampling import cli as base
     from power_sampling.evals.compare import compare
 
     if "method" in args:
@@ -195,39 +186,3 @@ def cmd_compare(args: argparse.Namespace) -> int:
         written = [str(result.table_path)] + ([str(result.plot_path)] if result.plot_path else [])
         print(f"wrote {', '.join(written)} and the per-method records in {folder}", file=sys.stderr)
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only the ``eval`` subcommand (what the main CLI has, once it lists it)."""
-    from power_sampling import cli as base
-
-    parser = argparse.ArgumentParser(prog=base.PROG)
-    add_eval_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``eval`` with the main CLI's logging, error messages and exit codes (0 ok, 1 runtime
-    failure, 2 bad arguments or data, 130 interrupted)."""
-    from power_sampling import cli as base
-
-    args = build_parser().parse_args(argv)
-    base.configure_logging(args.verbose)
-    try:
-        return int(args.handler(args))
-    except base.UsageError as exc:
-        print(f"{base.PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{base.PROG}: interrupted; rerun the command to resume", file=sys.stderr)
-        return 130
-    except ValueError as exc:
-        print(f"{base.PROG}: error: {base.error_message(exc)}", file=sys.stderr)
-        return 2
-    except (base.ModelLoadError, ImportError, OSError, RuntimeError, TypeError) as exc:
-        print(f"{base.PROG}: error: {base.error_message(exc)}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

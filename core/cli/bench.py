@@ -1,0 +1,57 @@
+"""``power-sampling bench``: the measurements of :mod:`power_sampling.bench` on the command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..bench import BENCH_PROMPTS, markdown, run_bench
+from ..sampler import PowerSampler
+from .common import (
+    UsageError,
+    add_common_arguments,
+    add_config_arguments,
+    add_model_arguments,
+    config_from_args,
+    load_backend,
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``power-sampling bench`` (called by :mod:`power_sampling.cli`)."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="cost of power sampling vs MCMC, standard decoding and plain generate",
+        description="Run standard, power and MCMC sampling (and the power options) on the same "
+        "prompts in one run, and report wall time, forward tokens, log-likelihood per token and "
+        "their ratios as a markdown table and JSON.",
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=len(BENCH_PROMPTS), help="how many built-in prompts"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1, help="generations per prompt, each with its own seed"
+    )
+    parser.add_argument("--no-options", action="store_true", help="skip the power options")
+    parser.add_argument("--json-out", help="also write the JSON report to this file")
+    add_config_arguments(parser)
+    add_model_arguments(parser)
+    add_common_arguments(parser)
+    parser.set_defaults(handler=_cmd_bench, preset="cpu")
+
+
+def _cmd_bench(args: Any) -> int:
+    config = config_from_args(args)
+    if not 1 <= args.prompts <= len(BENCH_PROMPTS):
+        raise UsageError(f"--prompts must be between 1 and {len(BENCH_PROMPTS)}")
+    if args.samples < 1:
+        raise UsageError(f"--samples {args.samples} is invalid: use an integer >= 1")
+    sampler = PowerSampler(load_backend(args), config.replace(method="power"))
+    report = run_bench(
+        sampler, BENCH_PROMPTS[: args.prompts], samples=args.samples, options=not args.no_options
+    )
+    print(markdown(report))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0

