@@ -8,14 +8,22 @@ Target π(x) ∝ p(x)^α, grown in blocks of B tokens. For every block, for all 
    probability min(1, p(x')^α q(x | x') / (p(x)^α q(x' | x))), where the q terms are the proposal
    log-probs of the two suffixes (per-token values are kept, so the current suffix's q is known
    without scoring it again).
-3. Stop once the sequence ends (end token or stop string) or reaches the length cap.
+3. Stop once the horizon (the length the blocks have grown to) reaches the length cap.
 
-Proposals regenerate up to the length the current block grows the sequence to. This is Karan &
-Du's rule (regenerate to the current length) whenever the sequence has not ended inside the
-block; when it has, it lets the chain leave a short ended sequence again, so that the MH chain
-targets π over completions capped at that length exactly. For the same reason the ratio has
-the cut's own probability, 1/length, on both sides (it cancels in the original's fixed-length
-case).
+Proposals regenerate up to the horizon. This is Karan & Du's rule (regenerate to the current
+length) whenever the sequence has not ended; when it has, it lets the chain leave a short ended
+sequence again, so that the MH chain targets π over completions capped at the horizon exactly.
+For the same reason the ratio has the cut's own probability, 1/length, on both sides (it cancels
+in the original's fixed-length case).
+
+A chain that ends is not committed at once, unlike Karan & Du's stop at the end token: after a
+block, the chain's state is a draw from π capped at the current horizon, under which ending
+within it is more likely than under π capped at the length cap (about twice as likely at α = 1,
+block size 1, 3 tokens). Stopping there made every block shorter than the answer biased towards
+early endings. The horizon of an ended chain keeps growing by a block per step, with its MH steps,
+until it reaches the length cap, so the result targets π over completions capped at
+``max_new_tokens`` whatever the block size. The price: an answer that ends early costs the
+remaining blocks' MH steps.
 
 Earlier tokens can change until the end, so the sequence is committed in one piece when done.
 Each MH step is one backend call over all sequences, not one per sequence.
@@ -74,9 +82,10 @@ class MCMCSampler(Sampler):
             stop=stop,
             temperature=temperature,
         )
-        for (state, chain), row in zip(growing, grown, strict=True):
-            chain.length = min(len(chain.tokens) + cfg.block_size, state.max_new_tokens)
+        for (_, chain), row in zip(growing, grown, strict=True):
             chain.replace_from(len(chain.tokens), row[0])
+        for state, chain in zip(active, chains, strict=True):  # ended chains' horizons grow too
+            chain.length = min(chain.length + cfg.block_size, state.max_new_tokens)
 
         # 2. Metropolis-Hastings over the whole generated sequence, all chains per call.
         for _ in range(cfg.mcmc_steps):
@@ -104,10 +113,12 @@ class MCMCSampler(Sampler):
                 if np.log(rng.random()) < log_ratio:
                     chain.replace_from(cut, new)
 
-        # 3. Commit finished chains in one piece.
+        # 3. Commit chains whose horizon reached the length cap, in one piece. A chain that
+        # ended earlier is not committed then: its state is a draw from the target capped at
+        # the current horizon, where ending early is more likely than under the final target.
         commits = []
         for state, chain in zip(active, chains, strict=True):
-            if chain.finished or chain.length >= state.max_new_tokens:
+            if chain.length >= state.max_new_tokens:
                 del self._chains[state]
                 commits.append((state, state.commit(chain.tokens, chain.finished, sum(chain.base))))
         return commits
