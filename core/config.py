@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 Method = Literal["power", "mcmc", "low_temperature", "standard", "best_of_n"]
 METHODS: tuple[str, ...] = get_args(Method)
+
+ALPHA_RANGE = (1e-6, 1e100)
+"""Accepted alpha: outside it p^alpha is uniform or greedy to float64 precision anyway, and inside
+it alpha times any log-prob (or rollout log-likelihood) a model gives stays finite."""
+
+UPPER_BOUNDS: dict[str, tuple[int, str]] = {
+    "top_k": (4096, "each candidate gets num_rollouts rollouts every step"),
+    "num_rollouts": (4096, "the cost per step is top_k x num_rollouts rollouts"),
+    "num_candidates": (65536, "every candidate block is drawn every step"),
+    "best_of": (65536, "each sample is a whole generation"),
+    "mcmc_steps": (100_000, "each step regenerates a suffix of every sequence"),
+    "max_new_tokens": (10_000_000, "no model has a longer context"),
+    "rollout_length": (10_000_000, "no model has a longer context"),
+    "block_size": (10_000_000, "no model has a longer context"),
+}
+"""Largest accepted value of each count, and why: a value past it would run practically for
+ever (10**9 rollouts) rather than fail, so it is refused up front."""
+
+INT_FIELDS = (
+    "top_k",
+    "num_rollouts",
+    "rollout_length",
+    "block_size",
+    "num_candidates",
+    "mcmc_steps",
+    "best_of",
+    "max_new_tokens",
+)
 
 
 class PowerSamplingConfig(BaseModel):
@@ -78,13 +108,32 @@ class PowerSamplingConfig(BaseModel):
     those blocks were selected partly for their rollouts (see the README's performance
     section for the measured effect). ``power`` only."""
 
+    @field_validator(*INT_FIELDS, "seed", mode="before")
+    @classmethod
+    def _integer(cls, value: Any, info: Any) -> Any:
+        # Pydantic would take 2.0 (and True) as an integer; a count must be one.
+        if value is None and info.field_name == "seed":
+            return None
+        return check_integer(info.field_name, value)
+
+    @field_validator("alpha", "adaptive_tolerance", mode="before")
+    @classmethod
+    def _real(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool | str | bytes):  # pydantic would read "4" or True as numbers
+            _fail(info.field_name, value, "use a number")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> PowerSamplingConfig:
         if self.method not in METHODS:
             _fail("method", self.method, f"use one of {', '.join(METHODS)}")
-        if not self.alpha > 0 or self.alpha != self.alpha or self.alpha == float("inf"):
+        low, high = ALPHA_RANGE
+        if not (math.isfinite(self.alpha) and low <= self.alpha <= high):
             _fail(
-                "alpha", self.alpha, "use a finite value > 0 (the paper uses 4; 1 = the base model)"
+                "alpha",
+                self.alpha,
+                f"use a finite value in [{low:g}, {high:g}] (the paper uses 4; 1 = the base model;"
+                " outside that range p^alpha is uniform or greedy to float precision)",
             )
         for name in ("top_k", "num_rollouts", "rollout_length", "block_size", "best_of"):
             if getattr(self, name) < 1:
@@ -106,6 +155,9 @@ class PowerSamplingConfig(BaseModel):
             _fail("adaptive_tolerance", self.adaptive_tolerance, "use a value in [0, 1); 0 = off")
         if self.seed is not None and self.seed < 0:
             _fail("seed", self.seed, "use a non-negative integer or None")
+        for name, (most, why) in UPPER_BOUNDS.items():
+            if getattr(self, name) > most:
+                _fail(name, getattr(self, name), f"use at most {most} ({why})")
         return self
 
     def replace(self, **changes: Any) -> PowerSamplingConfig:
@@ -149,5 +201,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _fail(field: str, value: object, fix: str) -> None:
+def check_integer(field: str, value: Any) -> int:
+    """``value`` as an ``int`` if it is an integer (numpy integers included; not a bool, float
+    or string), else a ValueError naming ``field``."""
+    if isinstance(value, bool | str | bytes | float):
+        _fail(field, value, "use an integer")
+    try:
+        return operator.index(value)
+    except TypeError:
+        _fail(field, value, "use an integer")
+        raise  # unreachable: _fail raises
+
+
+def _fail(field: str, value: object, fix: str) -> Any:
     raise ValueError(f"{field}={value!r} is invalid: {fix}")

@@ -35,9 +35,13 @@ def logsumexp(x: ArrayLike, axis: int = -1) -> Array:
 
 
 def softmax(logits: ArrayLike) -> Array:
-    """Normalised probabilities of 1-D log-weights (stable for any finite scale)."""
+    """Normalised probabilities of 1-D log-weights (stable for any finite scale). All -inf
+    (every entry impossible) gives the uniform distribution rather than NaN."""
     a = np.asarray(logits, dtype=np.float64)
-    return np.exp(a - logsumexp(a))
+    total = logsumexp(a)
+    if np.isneginf(total):
+        return np.full(a.shape, 1.0 / a.size)
+    return np.exp(a - total)
 
 
 def log_zeta(
@@ -55,8 +59,10 @@ def log_zeta(
         if log_weights is None
         else np.broadcast_to(np.asarray(log_weights, dtype=np.float64), lam.shape)
     )
-    padded = np.isneginf(weights)
-    terms = np.where(padded, -np.inf, weights + (alpha - 1.0) * np.where(padded, 0.0, lam))
+    # A rollout of probability zero (Λ = -inf) adds p(f)^α = 0 to ζ = Σ_f p(f)^α for every
+    # α > 0; (α-1)·Λ would be NaN at α = 1 and +inf below it, so it is dropped explicitly.
+    dropped = np.isneginf(weights) | np.isneginf(lam)
+    terms = np.where(dropped, -np.inf, weights + (alpha - 1.0) * np.where(dropped, 0.0, lam))
     return logsumexp(terms, axis=-1)
 
 
@@ -114,6 +120,8 @@ def score_candidates(
         if has_future is None
         else np.asarray(has_future, dtype=bool)
     )
+    _check_model_output(log_p, "candidate log-probs")
+    _check_model_output(lam[future], "rollout log-likelihoods")
     m = lam.shape[1]
     if not future.any() or m == 0:
         p = power_distribution(log_p, np.zeros_like(log_p), alpha)
@@ -187,3 +195,13 @@ def dropped_token_mass(kept_log_p: ArrayLike, alpha: float, vocab_size: int) -> 
     if alpha >= 1:
         return float((alpha - 1) * np.log(kept.min()) + np.log(rest))
     return float((1 - alpha) * np.log(unkept) + alpha * np.log(rest))
+
+
+def _check_model_output(values: Array, what: str) -> None:
+    """NaN or +inf log-probs come from a broken model output, never from sampling: refuse them
+    rather than turn them into a sample. (-inf is a token or rollout of probability zero.)"""
+    if np.isnan(values).any() or np.isposinf(values).any():
+        raise ValueError(
+            f"model output: the {what} contain NaN or +inf ({values.tolist()!r:.200}); the "
+            "model's logits are broken (check its weights and dtype), so nothing is sampled"
+        )

@@ -15,7 +15,10 @@ class Draws:
     """The tokens drawn for every continuation, with their base and proposal log-probs, kept on
     the device; and, on the host, the tokens copied so far and where each continuation ended."""
 
-    def __init__(self, limits: list[int], device: torch.device) -> None:
+    def __init__(
+        self, limits: list[int], device: torch.device, model_name: str = "the model"
+    ) -> None:
+        self.model_name = model_name
         count, self.longest = len(limits), max(limits, default=0)
         self.tokens = torch.zeros(count, max(self.longest, 1), dtype=torch.long, device=device)
         self.base = torch.zeros(count, max(self.longest, 1), device=device)
@@ -46,6 +49,9 @@ class Draws:
         """Copy the tokens drawn since the last pull to the host and record the rows that
         ended (``find_end(tokens, start, limit)``)."""
         host = self.tokens[self.live_index, self.pulled : drawn].tolist()
+        window = self.base[self.live_index, self.pulled : drawn]
+        if bool((torch.isnan(window) | torch.isposinf(window)).any()):
+            raise ValueError(bad_logits_message(self.model_name))
         for r, new in zip(live, host, strict=True):
             if r not in self.ends:
                 self.seen[r].extend(new)
@@ -73,6 +79,15 @@ class Draws:
         return out
 
 
+def bad_logits_message(model_name: str) -> str:
+    """The error for a model whose next-token logits hold NaN or +inf: never sampled from."""
+    return (
+        f"model output: the next-token logits of {model_name} contain NaN or +inf, so no token "
+        "can be drawn from them; the model's weights or its dtype overflowed (try float32 or "
+        "bfloat16 instead of float16, or check the model)"
+    )
+
+
 def draw(
     logits: torch.Tensor, temperature: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +96,7 @@ def draw(
     all on the device (no host sync), and some 20x cheaper on the CPU than racing exponential
     noise over the whole vocabulary."""
     logp = torch.log_softmax(logits, -1)
-    logq = logp if temperature == 1.0 else torch.log_softmax(logits / temperature, -1)
+    logq = logp if temperature == 1.0 else scaled_log_softmax(logits, temperature)
     cdf = logq.exp().cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator)
     # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of
@@ -89,3 +104,18 @@ def draw(
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(cdf.shape[1] - 1)
     pick = token[:, None]
     return token, logp.gather(1, pick)[:, 0], logq.gather(1, pick)[:, 0]
+
+
+def scaled_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature), finite for any temperature > 0 a config allows.
+
+    The row maximum is subtracted first, so a tiny temperature (alpha 1e40) sends the others to
+    -inf instead of overflowing to inf - inf = NaN; masked (-inf) logits stay -inf at any
+    temperature; float64 where 1/temperature is beyond float32's range.
+    """
+    if not 1e-30 < temperature < 1e30:
+        logits = logits.double()
+    shifted = logits - logits.amax(-1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
+    scaled = torch.where(torch.isfinite(logits), shifted / temperature, float("-inf"))
+    scaled = torch.where(torch.isnan(logits), logits, scaled)  # NaN stays visible to checks
+    return torch.log_softmax(scaled, -1).to(torch.float32)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -46,7 +47,7 @@ from .base import (
     budgets,
     validate_prefixes,
 )
-from .draws import Draws, draw
+from .draws import Draws, bad_logits_message, draw
 from .kv_rows import KeptStore, Rows, Seq, concat, select
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,9 @@ class TransformersBackend:
     # -- text --------------------------------------------------------------------------------
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; special-token strings in it (``<|im_end|>``) become special
+        tokens, as a raw prompt may mean them to (chat message contents never do)."""
+        _check_text(text, "the prompt")
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, token_ids: Sequence[int]) -> str:
@@ -194,13 +198,51 @@ class TransformersBackend:
                 f"the tokenizer of {self.name} has no chat template; pass a text prompt or "
                 "token ids, or set tokenizer.chat_template"
             )
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages],
+        plain = [dict(m) for m in messages]
+        for i, message in enumerate(plain):
+            for text in _texts(message.get("content")):
+                _check_text(text, f"message {i}'s content")
+        specials = self._special_strings()
+        injected = any(
+            t in text for m in plain for text in _texts(m.get("content")) for t in specials
+        )
+        if not injected:
+            return self.encode(str(self._render(plain, tools)))
+        # Message contents hold special-token strings: render with placeholders, then encode
+        # the template's own text with its special tokens and each content as plain text, so
+        # a user's "<|im_end|>" cannot end their turn.
+        contents: list[str] = []
+
+        def hold(text: str) -> str:
+            contents.append(text)
+            return f"\ue000{len(contents) - 1}\ue001"
+
+        held = [{**m, "content": _map_texts(m.get("content"), hold)} for m in plain]
+        ids: list[int] = []
+        for j, piece in enumerate(re.split("\ue000(\\d+)\ue001", str(self._render(held, tools)))):
+            if j % 2:
+                ids += self.tokenizer.encode(
+                    contents[int(piece)], add_special_tokens=False, split_special_tokens=True
+                )
+            elif piece:
+                ids += self.tokenizer.encode(piece, add_special_tokens=False)
+        return ids
+
+    def _special_strings(self) -> set[str]:
+        """The strings the tokenizer turns into special tokens."""
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+        found = {t.content for t in added.values() if getattr(t, "special", False)}
+        return {t for t in found | set(self.tokenizer.all_special_tokens) if t}
+
+    def _render(
+        self, messages: list[dict[str, Any]], tools: Sequence[Mapping[str, Any]] | None
+    ) -> Any:
+        return self.tokenizer.apply_chat_template(
+            messages,
             tools=[dict(t) for t in tools] if tools else None,
             add_generation_prompt=True,
             tokenize=False,
         )
-        return self.encode(str(text))
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -216,6 +258,8 @@ class TransformersBackend:
         def run(chunk: range) -> tuple[list[TopK], int]:
             rows, where, forward = self._resolve([requests[i] for i in chunk])
             assert rows.logits is not None
+            if bool((torch.isnan(rows.logits) | torch.isposinf(rows.logits)).any()):
+                raise ValueError(bad_logits_message(self.name))
             best = torch.log_softmax(rows.logits, -1).topk(min(k, self.vocab_size))
             values, ids = best.values.tolist(), best.indices.tolist()
             if keep_cache:
@@ -345,7 +389,7 @@ class TransformersBackend:
         once a quarter of it has ended. With ``keep``, rows that ran out of budget run their last
         token too and are returned with their cache and logits.
         """
-        draws = Draws(limits, self.device)
+        draws = Draws(limits, self.device, self.name)
         live = list(range(len(limits)))  # the continuation of each batch row
         checks, forward, kept = set(limits), 0, []
         for step in range(draws.longest):
@@ -447,3 +491,47 @@ class _TokenIdsBackend(TransformersBackend):
 
 def _has_stop(text: str, strings: Sequence[str]) -> bool:
     return any(s in text for s in strings)
+
+
+def _check_text(text: str, what: str) -> None:
+    """A clear error for text that is not valid Unicode (a lone surrogate from a bad decode),
+    which tokenizers reject with a TypeError that names neither the text nor the fix."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start]
+        raise ValueError(
+            f"{what} holds a lone surrogate U+{ord(bad):04X} at character {error.start}, which "
+            "is not valid Unicode text; decode the bytes with errors='replace' (or remove it)"
+        ) from None
+
+
+def _texts(content: Any) -> list[str]:
+    """The text of a message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [
+            p if isinstance(p, str) else p.get("text", "")
+            for p in content
+            if isinstance(p, str) or (isinstance(p, dict) and isinstance(p.get("text"), str))
+        ]
+    return []
+
+
+def _map_texts(content: Any, change: Callable[[str], str]) -> Any:
+    """``content`` with ``change`` applied to each of its texts (see :func:`_texts`)."""
+    if isinstance(content, str):
+        return change(content)
+    if isinstance(content, list):
+        return [
+            change(p)
+            if isinstance(p, str)
+            else {**p, "text": change(p["text"])}
+            if isinstance(p, dict) and isinstance(p.get("text"), str)
+            else p
+            for p in content
+        ]
+    return content

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends.base import Backend, Continuation, StopCondition
-from ..config import PowerSamplingConfig
+from ..config import UPPER_BOUNDS, PowerSamplingConfig, check_integer
 from ..generation import GenerationStats, StepTrace
 
 
@@ -31,6 +31,15 @@ class SequenceState:
     """Base log-likelihood log p(tokens | prompt) of the committed tokens."""
     stats: GenerationStats = field(default_factory=GenerationStats)
     trace: list[StepTrace] | None = None
+
+    def __post_init__(self) -> None:
+        # A per-call budget reaches the loop here: 2.5 would never be used up exactly.
+        self.max_new_tokens = check_integer("max_new_tokens", self.max_new_tokens)
+        most = UPPER_BOUNDS["max_new_tokens"][0]
+        if not 0 <= self.max_new_tokens <= most:
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} is invalid: use an integer in 1..{most}"
+            )
 
     @property
     def remaining(self) -> int:
