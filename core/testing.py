@@ -275,7 +275,7 @@ def tiny_chat_model(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenize
 
 
 def tiny_table_model(
-    vocab_size: int = 5, seed: int = 0, sharpness: float = 3.0
+    vocab_size: int = 5, seed: int = 0, sharpness: float = 3.0, head_dim: int | None = None
 ) -> LlamaForCausalLM:
     """A Llama over a handful of token ids with peaked, context-dependent next-token distributions.
 
@@ -290,6 +290,8 @@ def tiny_table_model(
         seed: weights depend only on this; the global torch RNG is left unchanged.
         sharpness: standard deviation of the logits (default 3.0, so the most likely token usually
             has probability 0.5-0.95); larger is more peaked, 0 is uniform.
+        head_dim: size of each attention head (default 8, the hidden size over the 2 heads);
+            vLLM's CPU attention needs 32 or more. Other values give other weights.
 
     Raises:
         ValueError: ``vocab_size`` outside 2..6 or negative ``sharpness``.
@@ -314,5 +316,6 @@ def tiny_table_model(
         bos_token_id=None,
         eos_token_id=TABLE_EOS_ID,
         pad_token_id=TABLE_EOS_ID,
+        **({"head_dim": head_dim} if head_dim is not None else {}),
     )
     return model

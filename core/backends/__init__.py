@@ -1,7 +1,7 @@
 """Backends: a causal LM seen through token ids (see :mod:`.base` for the protocol).
 
-``TableLM`` is always available; ``TransformersBackend`` is imported on first use so that
-``import power_sampling`` does not load torch.
+``TableLM`` is always available; ``TransformersBackend`` and ``VLLMBackend`` are imported on
+first use so that ``import power_sampling`` loads neither torch nor vLLM.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .table import TableLM
 
 if TYPE_CHECKING:
     from .transformers import TransformersBackend
+    from .vllm import VLLMBackend
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from .transformers import TransformersBackend
 
         return TransformersBackend
+    if name == "VLLMBackend":
+        from .vllm import VLLMBackend
+
+        return VLLMBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -41,4 +46,5 @@ __all__ = [
     "TopK",
     "TopKOutput",
     "TransformersBackend",
+    "VLLMBackend",
 ]

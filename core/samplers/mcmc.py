@@ -52,6 +52,11 @@ class _Chain:
     """The length the current block grows the sequence to (the proposals' horizon)."""
 
     def replace_from(self, cut: int, suffix: Continuation) -> None:
+        if len(suffix.proposal_logprobs) != len(suffix.token_ids):
+            raise ValueError(
+                "the backend returned no proposal log-probs for its continuations; MCMC's "
+                "acceptance ratio needs them (Continuation.proposal_logprobs)"
+            )
         self.tokens[cut:] = suffix.token_ids
         self.base[cut:] = suffix.token_logprobs
         self.proposal[cut:] = suffix.proposal_logprobs
@@ -62,6 +67,14 @@ class MCMCSampler(Sampler):
     """Faithful Metropolis-Hastings power sampling over any backend."""
 
     def __init__(self, backend: Backend, config: PowerSamplingConfig) -> None:
+        if not getattr(backend, "returns_proposal_logprobs", True):
+            raise ValueError(
+                f"{type(backend).__name__} cannot return the proposal log-probs at temperature "
+                f"1/alpha that MCMC's acceptance ratio needs (a vLLM engine built with "
+                f"logprobs_mode='raw_logprobs'); build the engine with "
+                f"logprobs_mode='processed_logprobs' (VLLMBackend.from_pretrained does), or use "
+                f"method='power'"
+            )
         super().__init__(backend, config)
         self._chains: dict[SequenceState, _Chain] = {}
 
