@@ -4,6 +4,10 @@ These are the references the samplers are tested against: the power distribution
 π(x) ∝ p(x)^α over whole completions, its next-token marginal p_pow (algorithm.md §2), and the
 exact distributions of the baselines. Every completion is enumerated through the backend's
 ``top_k`` with k = vocabulary size, one batched call per position.
+
+With a ``constraint`` only valid completions are enumerated (every token allowed after its
+prefix), so ``power_distribution`` is π_G(x) ∝ p(x)^α · 1[x valid] and the baselines' are
+those of sampling the masked model (see :mod:`power_sampling.constraints.base`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .backends.base import Backend, StopCondition
+from .constraints import Constraint, Matcher
 from .power_math import logsumexp
 
 Completion = tuple[int, ...]
@@ -26,35 +31,48 @@ def enumerate_completions(
     *,
     temperature: float = 1.0,
     stop_token_ids: Sequence[int] | None = None,
+    constraint: Constraint | None = None,
 ) -> dict[Completion, tuple[float, float]]:
     """Every completion with non-zero probability: ``{tokens: (log p, log q_T)}``.
 
     A completion ends at a stop token (included) or after ``max_new_tokens`` tokens. ``log p`` is
     its base log-probability and ``log q_T`` its log-probability when every token is drawn at
-    ``temperature``.
+    ``temperature`` (from the allowed tokens, renormalised, under ``constraint``).
     """
     stop = backend.stop | StopCondition(frozenset(stop_token_ids or ()))
     prompt = tuple(int(t) for t in prompt_ids)
+    root = None if constraint is None else constraint.matcher(backend, stop.token_ids)
     done: dict[Completion, tuple[float, float]] = {}
-    frontier: dict[Completion, tuple[float, float]] = {(): (0.0, 0.0)}
+    frontier: dict[Completion, tuple[float, float, Matcher | None]] = {(): (0.0, 0.0, root)}
     for _ in range(max_new_tokens):
         if not frontier:
             break
         prefixes = list(frontier)
-        out = backend.top_k([prompt + p for p in prefixes], backend.vocab_size)
-        nxt: dict[Completion, tuple[float, float]] = {}
+        requests = [prompt + p for p in prefixes]
+        if root is None:  # backends without constraint support still enumerate unconstrained
+            out = backend.top_k(requests, backend.vocab_size)
+        else:
+            masks = [frontier[p][2] for p in prefixes]
+            out = backend.top_k(requests, backend.vocab_size, constraint=masks)
+        nxt: dict[Completion, tuple[float, float, Matcher | None]] = {}
         for prefix, entry in zip(prefixes, out.entries, strict=True):
             logp = np.asarray(entry.logprobs, dtype=np.float64)
             logq = logp / temperature - logsumexp(logp / temperature)
-            base_p, base_q = frontier[prefix]
+            base_p, base_q, matcher = frontier[prefix]
             for token, lp, lq in zip(entry.token_ids, logp, logq, strict=True):
                 if not np.isfinite(lp):
                     continue
                 seq = (*prefix, token)
                 scores = (base_p + float(lp), base_q + float(lq))
-                (done if token in stop.token_ids else nxt)[seq] = scores
+                if token in stop.token_ids:
+                    done[seq] = scores
+                    continue
+                child = None if matcher is None else matcher.fork()
+                if child is not None and not child.accept(token):
+                    raise AssertionError(f"the backend returned disallowed token {token}")
+                nxt[seq] = (*scores, child)
         frontier = nxt
-    done.update(frontier)
+    done.update({x: (lp, lq) for x, (lp, lq, _) in frontier.items()})
     return done
 
 
@@ -72,10 +90,12 @@ def power_distribution(
     max_new_tokens: int,
     *,
     stop_token_ids: Sequence[int] | None = None,
+    constraint: Constraint | None = None,
 ) -> dict[Completion, float]:
-    """The exact power distribution π(x) ∝ p(x | prompt)^α over all completions."""
+    """The exact power distribution π(x) ∝ p(x | prompt)^α over all completions (π_G, over the
+    valid ones, under ``constraint``)."""
     table = enumerate_completions(
-        backend, prompt_ids, max_new_tokens, stop_token_ids=stop_token_ids
+        backend, prompt_ids, max_new_tokens, stop_token_ids=stop_token_ids, constraint=constraint
     )
     return _normalise({x: alpha * lp for x, (lp, _) in table.items()})
 
@@ -87,15 +107,17 @@ def base_distribution(
     *,
     temperature: float = 1.0,
     stop_token_ids: Sequence[int] | None = None,
+    constraint: Constraint | None = None,
 ) -> dict[Completion, float]:
     """The exact distribution of ancestral sampling at ``temperature`` (1 = the model, 1/α = low
-    temperature)."""
+    temperature), of the masked model under ``constraint``."""
     table = enumerate_completions(
         backend,
         prompt_ids,
         max_new_tokens,
         temperature=temperature,
         stop_token_ids=stop_token_ids,
+        constraint=constraint,
     )
     return {x: float(np.exp(lq)) for x, (_, lq) in table.items()}
 
@@ -107,14 +129,17 @@ def best_of_n_distribution(
     max_new_tokens: int,
     *,
     stop_token_ids: Sequence[int] | None = None,
+    constraint: Constraint | None = None,
 ) -> dict[Completion, float]:
     """The exact distribution of the most likely of ``n`` standard samples.
 
     With F(s) the probability that one sample has log p ≤ s, the winner has log-likelihood s
-    with probability F(s)^n - F(s⁻)^n; completions tied at s share it in proportion to p.
+    with probability F(s)^n - F(s⁻)^n; completions tied at s share it in proportion to their
+    sampling probability. Under ``constraint`` the samples come from the masked model q and are
+    ranked by their base log p.
     """
     table = enumerate_completions(
-        backend, prompt_ids, max_new_tokens, stop_token_ids=stop_token_ids
+        backend, prompt_ids, max_new_tokens, stop_token_ids=stop_token_ids, constraint=constraint
     )
     groups: dict[float, list[Completion]] = defaultdict(list)
     for x, (lp, _) in table.items():
@@ -123,7 +148,7 @@ def best_of_n_distribution(
     below = 0.0
     for level in sorted(groups):
         members = groups[level]
-        mass = [float(np.exp(table[x][0])) for x in members]
+        mass = [float(np.exp(table[x][1])) for x in members]
         upto = below + sum(mass)
         win = min(upto, 1.0) ** n - below**n
         for x, m in zip(members, mass, strict=True):

@@ -10,6 +10,9 @@ rollouts f_r with total base log-likelihoods Λ_r = Σ log p over the rollout's 
 
 ζ(v) = E_f[p(f)^(α-1)] is the "future quality" of v. With exact weights w_r = p(f_r) over every
 future f_r, log ζ̂ is exact; that is how tests compare this module with brute-force enumeration.
+Under a constraint, rollouts drawn from the masked model carry importance weights: μ_r, the
+summed log allowed mass over the rollout, is added to each term (α-1) Λ_r (the derivation is in
+:mod:`power_sampling.constraints.base`); μ_r = -inf (a dead end) removes the rollout's term.
 A candidate with no future (it ended the sequence) has ζ = 1. All arithmetic is float64 and log
 space: (α-1) Λ is hundreds of nats for a 192-token rollout. Inputs are never mutated.
 """
@@ -45,13 +48,17 @@ def softmax(logits: ArrayLike) -> Array:
 
 
 def log_zeta(
-    rollout_logprobs: ArrayLike, alpha: float, log_weights: ArrayLike | None = None
+    rollout_logprobs: ArrayLike,
+    alpha: float,
+    log_weights: ArrayLike | None = None,
+    log_mass: ArrayLike | None = None,
 ) -> Array:
     """log ζ̂ per candidate from rollout log-likelihoods.
 
     ``rollout_logprobs``: Λ, shape [K, M]. ``log_weights``: log w, shape [K, M]; default
     -log M (Monte Carlo). Entries with weight -inf are padding (ragged exact enumeration) and
-    contribute nothing whatever their Λ.
+    contribute nothing whatever their Λ. ``log_mass``: μ, shape [K, M], the constrained
+    rollouts' importance corrections (default 0: no constraint).
     """
     lam = np.asarray(rollout_logprobs, dtype=np.float64)
     weights = (
@@ -62,8 +69,10 @@ def log_zeta(
     # A rollout of probability zero (Λ = -inf) adds p(f)^α = 0 to ζ = Σ_f p(f)^α for every
     # α > 0; (α-1)·Λ would be NaN at α = 1 and +inf below it, so it is dropped explicitly.
     dropped = np.isneginf(weights) | np.isneginf(lam)
-    terms = np.where(dropped, -np.inf, weights + (alpha - 1.0) * np.where(dropped, 0.0, lam))
-    return logsumexp(terms, axis=-1)
+    terms = weights + (alpha - 1.0) * np.where(dropped, 0.0, lam)
+    if log_mass is not None:
+        terms = terms + np.broadcast_to(np.asarray(log_mass, dtype=np.float64), lam.shape)
+    return logsumexp(np.where(dropped, -np.inf, terms), axis=-1)
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,13 @@ class CandidateScores:
 
 
 def power_distribution(log_p: ArrayLike, log_zeta_: ArrayLike, alpha: float) -> Array:
-    """softmax(α log p + log ζ) over the candidates."""
-    return softmax(alpha * np.asarray(log_p, dtype=np.float64) + np.asarray(log_zeta_))
+    """softmax(α log p + log ζ) over the candidates. If every candidate has ζ = 0 (all their
+    constrained rollouts hit dead ends), the estimate carries no information and
+    softmax(α log p) is returned."""
+    weights = alpha * np.asarray(log_p, dtype=np.float64) + np.asarray(log_zeta_)
+    if not np.isfinite(weights).any():
+        return softmax(alpha * np.asarray(log_p, dtype=np.float64))
+    return softmax(weights)
 
 
 def score_candidates(
@@ -106,12 +120,14 @@ def score_candidates(
     *,
     has_future: ArrayLike | None = None,
     jackknife: bool = True,
+    log_mass: ArrayLike | None = None,
 ) -> CandidateScores:
     """Estimate the power distribution over K candidates from M rollouts each.
 
     ``log_p``: [K] base log-probs of the candidates (tokens or whole blocks).
     ``rollout_logprobs``: [K, M] rollout log-likelihoods Λ; rows where ``has_future`` is False
-    (the candidate ended the sequence) are ignored and get log ζ = 0.
+    (the candidate ended the sequence) are ignored and get log ζ = 0. ``log_mass``: [K, M]
+    importance corrections μ of constrained rollouts (default none).
     """
     log_p = np.asarray(log_p, dtype=np.float64)
     lam = np.asarray(rollout_logprobs, dtype=np.float64).reshape(len(log_p), -1)
@@ -123,11 +139,14 @@ def score_candidates(
     _check_model_output(log_p, "candidate log-probs")
     _check_model_output(lam[future], "rollout log-likelihoods")
     m = lam.shape[1]
+    mu = None if log_mass is None else np.asarray(log_mass, dtype=np.float64).reshape(lam.shape)
+    if mu is not None:
+        mu = np.where(future[:, None], mu, 0.0)
     if not future.any() or m == 0:
         p = power_distribution(log_p, np.zeros_like(log_p), alpha)
         return CandidateScores(np.zeros_like(log_p), p, p, p)
 
-    lz = np.where(future, log_zeta(np.where(future[:, None], lam, 0.0), alpha), 0.0)
+    lz = np.where(future, log_zeta(np.where(future[:, None], lam, 0.0), alpha, log_mass=mu), 0.0)
     p_hat = power_distribution(log_p, lz, alpha)
     if m == 1:
         return CandidateScores(lz, p_hat, p_hat, p_hat)
@@ -138,6 +157,7 @@ def score_candidates(
         np.broadcast_to(np.where(future[:, None], lam, 0.0)[None], (m, len(log_p), m)),
         alpha,
         leave_out[:, None, :],
+        None if mu is None else np.broadcast_to(mu[None], (m, len(log_p), m)),
     )  # [M(s), K]
     lz_loo = np.where(future[None], lz_loo, 0.0)
     p_loo = np.stack([power_distribution(log_p, row, alpha) for row in lz_loo])

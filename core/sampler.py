@@ -15,6 +15,7 @@ import numpy as np
 
 from .backends.base import Backend, StopCondition, TextBackend
 from .config import PowerSamplingConfig
+from .constraints import Constraint, ConstraintCursor
 from .generation import Chunk, Generation
 from .samplers import SequenceState, make_sampler
 from .text import StopStringTracker
@@ -67,6 +68,7 @@ class PowerSampler:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         trace: bool = False,
+        constraint: Constraint | None = None,
         **overrides: Any,
     ) -> Generation:
         """Generate one completion of ``prompt``. See :meth:`generate_batch` for the arguments."""
@@ -77,6 +79,7 @@ class PowerSampler:
             stop=stop,
             seed=seed,
             trace=trace,
+            constraint=constraint,
             **overrides,
         )[0]
 
@@ -89,6 +92,7 @@ class PowerSampler:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         trace: bool = False,
+        constraint: Constraint | None = None,
         **overrides: Any,
     ) -> list[Generation]:
         """Generate a completion for every prompt, batched: each decision step makes one backend
@@ -97,11 +101,13 @@ class PowerSampler:
         ``max_new_tokens`` overrides ``config.max_new_tokens``; ``stop_token_ids`` and ``stop``
         (strings, not included in the text) end generations besides the model's own end tokens;
         ``seed`` overrides ``config.seed`` for this call; ``trace`` records per-step diagnostics
-        in ``Generation.trace``; ``overrides`` change config fields for this call only.
+        in ``Generation.trace``; ``constraint`` (a :class:`~power_sampling.constraints.Constraint`)
+        restricts every output to the valid ones, each method with its own target (README,
+        "Constrained outputs"); ``overrides`` change config fields for this call only.
         """
         results: list[Generation | None] = [None] * len(prompts)
         for index, chunk in self._run(
-            prompts, max_new_tokens, stop_token_ids, stop, seed, trace, overrides
+            prompts, max_new_tokens, stop_token_ids, stop, seed, trace, overrides, constraint
         ):
             if chunk.generation is not None:
                 results[index] = chunk.generation
@@ -116,12 +122,13 @@ class PowerSampler:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         trace: bool = False,
+        constraint: Constraint | None = None,
         **overrides: Any,
     ) -> Iterator[Chunk]:
         """Yield committed pieces as they are decided (never rollout text). The ``text`` deltas
         join to ``Generation.text``; the last chunk carries the whole ``Generation``."""
         for _, chunk in self._run(
-            [prompt], max_new_tokens, stop_token_ids, stop, seed, trace, overrides
+            [prompt], max_new_tokens, stop_token_ids, stop, seed, trace, overrides, constraint
         ):
             yield chunk
 
@@ -151,6 +158,7 @@ class PowerSampler:
         seed: int | None,
         trace: bool,
         overrides: Mapping[str, Any],
+        constraint: Constraint | None = None,
     ) -> Iterator[tuple[int, Chunk]]:
         config = self.config.replace(**overrides) if overrides else self.config
         limit = config.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -166,6 +174,15 @@ class PowerSampler:
             SequenceState(tuple(ids), self._fit_context(ids, limit), trace=[] if trace else None)
             for ids in encoded
         ]
+        if constraint is not None:
+            if not isinstance(constraint, Constraint):
+                raise TypeError(
+                    f"constraint must be a power_sampling.constraints.Constraint, got "
+                    f"{type(constraint).__name__}; e.g. Constraint.json_schema(schema)"
+                )
+            for state in states:
+                root = constraint.matcher(self.backend, stop.token_ids)
+                state.constraint = ConstraintCursor(root)
         decode = self.backend.decode if isinstance(self.backend, TextBackend) else None
         trackers = [StopStringTracker(decode, stop.strings) for _ in states]
         rng = np.random.default_rng(config.seed if seed is None else seed)

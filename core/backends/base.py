@@ -14,13 +14,23 @@ in-process transformers backend.
 ``keep_cache`` is a hint: the caller will soon ask for prefixes that extend the returned
 sequences (the chosen candidate block, or a candidate token), so a backend with a KV cache keeps
 those rows instead of prefilling them again. Backends without a cache ignore it.
+
+``constraint`` (optional, one :class:`~power_sampling.constraints.Matcher` or None per prefix,
+positioned at the prefix's end) restricts every drawn or ranked token to the allowed ones. Log-probs
+stay the base model's (unnormalised under the mask), and each continuation reports
+``log_mass``, the summed log of the base probability mass the constraint allowed at each of its
+steps: the importance correction power sampling needs (see :mod:`power_sampling.constraints`).
+Without a constraint nothing changes (``log_mass`` is 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..constraints import Matcher
 
 TokenIds = tuple[int, ...]
 
@@ -51,8 +61,12 @@ class Continuation:
     ``logprob`` is the sum of the base model's log-probs (temperature 1) over ``token_ids``.
     ``token_logprobs`` are those per-token base log-probs; ``proposal_logprobs`` are the per-token
     log-probs under the distribution the tokens were actually drawn from (after temperature),
-    which the MCMC acceptance ratio needs. ``finished`` is True when the continuation ended at an
-    end token or stop string (included in ``token_ids``), False when it ran out of budget.
+    which the MCMC acceptance ratio needs (under a constraint: the masked, renormalised
+    distribution). ``finished`` is True when the continuation ended at an end token or stop
+    string (included in ``token_ids``), False when it ran out of budget. ``log_mass`` is
+    Σ_t log Σ_{v allowed} p(v | prefix_t) over the drawn tokens: 0 without a constraint, -inf when
+    the continuation stopped at a dead end (no allowed token had probability), in which case it is
+    not ``finished``.
     """
 
     token_ids: TokenIds
@@ -60,6 +74,7 @@ class Continuation:
     finished: bool
     token_logprobs: tuple[float, ...] = ()
     proposal_logprobs: tuple[float, ...] = ()
+    log_mass: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -103,9 +118,15 @@ class Backend(Protocol):
         ...
 
     def top_k(
-        self, prefixes: Sequence[Sequence[int]], k: int, *, keep_cache: bool = False
+        self,
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        *,
+        keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> TopKOutput:
-        """The ``k`` most likely next tokens of every prefix with their base log-probs."""
+        """The ``k`` most likely next tokens of every prefix with their base log-probs (only
+        allowed tokens under ``constraint``)."""
         ...
 
     def sample(
@@ -118,6 +139,7 @@ class Backend(Protocol):
         temperature: float = 1.0,
         stop: StopCondition | None = None,
         keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> SampleOutput:
         """``n`` continuations of up to ``max_new_tokens`` tokens for every prefix.
 
@@ -125,6 +147,8 @@ class Backend(Protocol):
         Tokens are drawn at ``temperature`` (1.0 = the base model) without top-k/top-p
         truncation; ``seed`` makes the call reproducible. ``stop`` replaces the model's own
         end condition when given (callers usually pass ``backend.stop | extra``).
+        ``constraint``: per prefix, a matcher at its end (forked per continuation, never advanced
+        itself); tokens are drawn from the allowed ones, renormalised.
         """
         ...
 
@@ -186,3 +210,11 @@ def validate_prefixes(prefixes: Sequence[Sequence[int]], vocab_size: int) -> Non
                     f"token id {token} is outside the vocabulary [0, {vocab_size}); "
                     "encode the prompt with this model's tokenizer"
                 )
+
+
+def check_constraint(constraint: Sequence[object] | None, count: int) -> None:
+    """Reject a constraint list that does not give one matcher (or None) per prefix."""
+    if constraint is not None and len(constraint) != count:
+        raise ValueError(
+            f"got {len(constraint)} constraint matchers for {count} prefixes; pass one per prefix"
+        )

@@ -3,7 +3,7 @@ what every continuation drew, copied to the host only at checks, and where each 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
@@ -23,6 +23,8 @@ class Draws:
         self.tokens = torch.zeros(count, max(self.longest, 1), dtype=torch.long, device=device)
         self.base = torch.zeros(count, max(self.longest, 1), device=device)
         self.proposal = torch.zeros_like(self.base)
+        self.mass: torch.Tensor | None = None
+        """Log allowed mass per drawn token, under a constraint only."""
         self.limits = limits
         self.seen: list[list[int]] = [[] for _ in range(count)]
         self.ends = {r: (0, False) for r in range(count) if limits[r] == 0}  # (length, finished)
@@ -31,7 +33,13 @@ class Draws:
         self._live_count = count
 
     def record(
-        self, live: list[int], step: int, token: torch.Tensor, lp: torch.Tensor, lq: torch.Tensor
+        self,
+        live: list[int],
+        step: int,
+        token: torch.Tensor,
+        lp: torch.Tensor,
+        lq: torch.Tensor,
+        lm: torch.Tensor | None = None,
     ) -> None:
         """Store one drawn token per batch row; ``live`` names each row's continuation."""
         if len(live) != self._live_count:  # the batch was compacted
@@ -39,6 +47,10 @@ class Draws:
             self._live_count = len(live)
         self.tokens[self.live_index, step], self.base[self.live_index, step] = token, lp
         self.proposal[self.live_index, step] = lq
+        if lm is not None:
+            if self.mass is None:
+                self.mass = torch.zeros_like(self.base)
+            self.mass[self.live_index, step] = lm
 
     def pull(
         self,
@@ -66,15 +78,25 @@ class Draws:
         done.seqs = [s + tuple(self.seen[live[j]]) for s, j in zip(done.seqs, picks, strict=True)]
         return done
 
-    def continuations(self) -> list[Continuation]:
-        """One continuation per row, cut where it ended."""
+    def continuations(self, dead: Collection[int] = ()) -> list[Continuation]:
+        """One continuation per row, cut where it ended; ``dead`` rows stopped at a dead end
+        of their constraint (log mass -inf)."""
         out = []
         columns = zip(self.tokens.tolist(), self.base.tolist(), self.proposal.tolist(), strict=True)
+        masses = self.mass.tolist() if self.mass is not None else None
         for r, (ids, lps, lqs) in enumerate(columns):
             length, finished = self.ends[r]
             logps = tuple(lps[:length])
+            log_mass = 0.0 if masses is None else float(sum(masses[r][:length]))
             out.append(
-                Continuation(tuple(ids[:length]), sum(logps), finished, logps, tuple(lqs[:length]))
+                Continuation(
+                    tuple(ids[:length]),
+                    sum(logps),
+                    finished,
+                    logps,
+                    tuple(lqs[:length]),
+                    -float("inf") if r in dead else log_mass,
+                )
             )
         return out
 
@@ -89,14 +111,21 @@ def bad_logits_message(model_name: str) -> str:
 
 
 def draw(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator,
+    logprobs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One token per row from softmax(logits / temperature), with its base and proposal
     log-probs. Inverse-CDF sampling: one uniform per row and a search in the cumulative sums,
     all on the device (no host sync), and some 20x cheaper on the CPU than racing exponential
-    noise over the whole vocabulary."""
-    logp = torch.log_softmax(logits, -1)
-    logq = logp if temperature == 1.0 else scaled_log_softmax(logits, temperature)
+    noise over the whole vocabulary. ``logprobs`` (base, proposal) replace the ones computed
+    from ``logits`` (a constraint's masked proposal)."""
+    if logprobs is not None:
+        logp, logq = logprobs
+    else:
+        logp = torch.log_softmax(logits, -1)
+        logq = logp if temperature == 1.0 else scaled_log_softmax(logits, temperature)
     cdf = logq.exp().cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator)
     # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of

@@ -8,9 +8,11 @@ can be compared with the exact power distribution (see :mod:`power_sampling.exac
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..power_math import logsumexp
 from .base import (
     Continuation,
     SampleOutput,
@@ -18,8 +20,12 @@ from .base import (
     TopK,
     TopKOutput,
     budgets,
+    check_constraint,
     validate_prefixes,
 )
+
+if TYPE_CHECKING:
+    from ..constraints import Matcher
 
 NextTokenProbs = Callable[[tuple[int, ...]], Sequence[float]]
 
@@ -86,13 +92,30 @@ class TableLM:
         with np.errstate(divide="ignore"):
             return np.log(self.probs(prefix))
 
+    def allowed(self, matcher: Matcher | None) -> np.ndarray | None:
+        """The boolean mask of tokens ``matcher`` allows next (None: no constraint)."""
+        if matcher is None:
+            return None
+        from ..constraints import allowed_tokens
+
+        return allowed_tokens(matcher, self.vocab_size)
+
     def top_k(
-        self, prefixes: Sequence[Sequence[int]], k: int, *, keep_cache: bool = False
+        self,
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        *,
+        keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> TopKOutput:
         validate_prefixes(prefixes, self.vocab_size)
+        check_constraint(constraint, len(prefixes))
         entries = []
-        for prefix in prefixes:
+        for i, prefix in enumerate(prefixes):
             logp = self.logprobs(prefix)
+            mask = self.allowed(constraint[i]) if constraint else None
+            if mask is not None:
+                logp = np.where(mask, logp, -np.inf)
             ranked = np.argsort(-logp, kind="stable")[:k]
             best = [int(t) for t in ranked if np.isfinite(logp[t])]
             entries.append(TopK(tuple(best), tuple(float(logp[t]) for t in best)))
@@ -108,8 +131,10 @@ class TableLM:
         temperature: float = 1.0,
         stop: StopCondition | None = None,
         keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> SampleOutput:
         validate_prefixes(prefixes, self.vocab_size)
+        check_constraint(constraint, len(prefixes))
         stop = self._stop if stop is None else stop
         if stop.strings:
             raise ValueError(
@@ -119,27 +144,44 @@ class TableLM:
         rng = np.random.default_rng(seed)
         out = []
         steps = 0
-        for prefix, budget in zip(prefixes, budgets(max_new_tokens, len(prefixes)), strict=True):
+        limits = budgets(max_new_tokens, len(prefixes))
+        for i, (prefix, budget) in enumerate(zip(prefixes, limits, strict=True)):
             rows = []
+            start = constraint[i] if constraint else None
             for _ in range(n):
+                matcher = None if start is None else start.fork()
                 seq = [int(t) for t in prefix]
                 tokens: list[int] = []
                 base: list[float] = []
                 proposal: list[float] = []
-                finished = False
+                finished, log_mass = False, 0.0
                 while len(tokens) < budget and not finished:
                     logp = self.logprobs(seq)
-                    logq = _tempered(logp, temperature)
+                    mask = self.allowed(matcher)
+                    masked = logp if mask is None else np.where(mask, logp, -np.inf)
+                    mass = 0.0 if mask is None else float(logsumexp(masked))
+                    if mass == -np.inf:  # dead end: no allowed token has probability
+                        log_mass = -np.inf
+                        break
+                    logq = _tempered(masked - mass, temperature)
                     token = _draw(logq, rng)
+                    if matcher is not None:
+                        matcher.accept(token)
                     tokens.append(token)
                     seq.append(token)
                     base.append(float(logp[token]))
                     proposal.append(float(logq[token]))
+                    log_mass += mass
                     finished = token in stop.token_ids
                 steps += len(tokens)
                 rows.append(
                     Continuation(
-                        tuple(tokens), float(sum(base)), finished, tuple(base), tuple(proposal)
+                        tuple(tokens),
+                        float(sum(base)),
+                        finished,
+                        tuple(base),
+                        tuple(proposal),
+                        log_mass,
                     )
                 )
             out.append(rows)

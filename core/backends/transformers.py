@@ -34,7 +34,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -45,10 +45,15 @@ from .base import (
     TopK,
     TopKOutput,
     budgets,
+    check_constraint,
     validate_prefixes,
 )
 from .draws import Draws, bad_logits_message, draw
 from .kv_rows import KeptStore, Rows, Seq, concat, select
+from .masks import RowMasks, masked_logprobs
+
+if TYPE_CHECKING:
+    from ..constraints import Matcher
 
 logger = logging.getLogger(__name__)
 
@@ -247,9 +252,15 @@ class TransformersBackend:
     # -- the protocol ------------------------------------------------------------------------
 
     def top_k(
-        self, prefixes: Sequence[Sequence[int]], k: int, *, keep_cache: bool = False
+        self,
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        *,
+        keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> TopKOutput:
         validate_prefixes(prefixes, self.vocab_size)
+        check_constraint(constraint, len(prefixes))
         if k < 1:
             raise ValueError(f"k={k} is invalid: ask for at least one token")
         requests = [tuple(int(t) for t in p) for p in prefixes]
@@ -260,7 +271,20 @@ class TransformersBackend:
             assert rows.logits is not None
             if bool((torch.isnan(rows.logits) | torch.isposinf(rows.logits)).any()):
                 raise ValueError(bad_logits_message(self.name))
-            best = torch.log_softmax(rows.logits, -1).topk(min(k, self.vocab_size))
+            logp = torch.log_softmax(rows.logits, -1)
+            if constraint is not None:  # rank the allowed tokens only, by base log-prob
+                masks = RowMasks(
+                    [constraint[i] for i in chunk],
+                    [1] * len(chunk),
+                    frozenset(),
+                    self.vocab_size,
+                    self.device,
+                )
+                allowed, _ = masks.allowed(range(len(chunk)))
+                logp = logp.index_select(0, torch.tensor(where, device=self.device))
+                logp = logp.masked_fill(~allowed, -torch.inf)
+                where = list(range(len(chunk)))
+            best = logp.topk(min(k, self.vocab_size))
             values, ids = best.values.tolist(), best.indices.tolist()
             if keep_cache:
                 kept.append(rows)
@@ -285,8 +309,10 @@ class TransformersBackend:
         temperature: float = 1.0,
         stop: StopCondition | None = None,
         keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> SampleOutput:
         validate_prefixes(prefixes, self.vocab_size)
+        check_constraint(constraint, len(prefixes))
         limits = budgets(max_new_tokens, len(prefixes))
         if n < 0 or min(limits, default=0) < 0:
             raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 0")
@@ -306,8 +332,17 @@ class TransformersBackend:
             mine = [owner[r] for r in chunk]
             rows, where, forward = self._resolve([requests[i] for i in mine])
             rows = select(rows, where)  # each prefix's cache, expanded to its rows
+            masks = None
+            if constraint is not None and any(constraint[i] is not None for i in mine):
+                masks = RowMasks(
+                    [constraint[i] for i in mine],
+                    [limits[i] for i in mine],
+                    stop.token_ids,
+                    self.vocab_size,
+                    self.device,
+                )
             out, decoded, done = self._decode(
-                rows, [limits[i] for i in mine], generator, temperature, stop, keep_cache
+                rows, [limits[i] for i in mine], generator, temperature, stop, keep_cache, masks
             )
             kept.extend([done] if done is not None else [])
             return out, forward + decoded
@@ -380,6 +415,7 @@ class TransformersBackend:
         temperature: float,
         stop: StopCondition,
         keep: bool,
+        masks: RowMasks | None = None,
     ) -> tuple[list[Continuation], int, Rows | None]:
         """Draw up to ``limits[r]`` tokens for every row.
 
@@ -387,15 +423,24 @@ class TransformersBackend:
         are copied to the host to find rows that ended (stop token or string, or budget). The
         steps in between do no host work that grows with the rows. Ended rows leave the batch
         once a quarter of it has ended. With ``keep``, rows that ran out of budget run their last
-        token too and are returned with their cache and logits.
+        token too and are returned with their cache and logits. With ``masks`` (a constraint)
+        every step draws from the allowed tokens and copies the drawn tokens to the host once,
+        to advance the matchers (:mod:`.masks`).
         """
         draws = Draws(limits, self.device, self.name)
         live = list(range(len(limits)))  # the continuation of each batch row
         checks, forward, kept = set(limits), 0, []
         for step in range(draws.longest):
             assert rows.logits is not None
-            token, lp, lq = draw(rows.logits, temperature, generator)
-            draws.record(live, step, token, lp, lq)
+            if masks is None:
+                token, lp, lq = draw(rows.logits, temperature, generator)
+                draws.record(live, step, token, lp, lq)
+            else:
+                allowed, constrained = masks.allowed(live)
+                logp, logq, lm = masked_logprobs(rows.logits, allowed, constrained, temperature)
+                token, lp, lq = draw(rows.logits, temperature, generator, (logp, logq))
+                draws.record(live, step, token, lp, lq, lm)
+                masks.advance(live, token.tolist())
             drawn = step + 1
             checked = drawn in checks or drawn % SYNC_EVERY == 0  # nothing ends in between
             harvest: list[int] = []
@@ -418,7 +463,15 @@ class TransformersBackend:
                 break
             if 4 * (len(live) - len(stay)) >= len(live):  # compact when worth it
                 rows, live = select(rows, stay), [live[j] for j in stay]
-        return draws.continuations(), forward, concat(kept) if kept else None
+        if masks is None:
+            return draws.continuations(), forward, concat(kept) if kept else None
+        dead = []
+        for r, length in masks.dead.items():  # a dead end cuts the continuation there
+            end, finished = draws.ends[r]
+            if length < end or (length == end and not finished):
+                draws.ends[r] = (length, False)
+                dead.append(r)
+        return draws.continuations(dead), forward, concat(kept) if kept else None
 
     def _find_end(
         self, tokens: list[int], start: int, limit: int, stop: StopCondition

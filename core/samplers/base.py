@@ -3,6 +3,10 @@
 A sampler advances a batch of sequences (one per prompt) one decision step at a time; each step
 makes batched backend calls covering every active sequence. ``run`` yields the tokens each
 step commits, which is the single streaming iterator everything else is built on.
+
+A sequence may carry a constraint (:class:`~power_sampling.constraints.ConstraintCursor`); every
+backend call for it then passes a matcher per prefix, so candidates and rollouts are drawn
+under the same masks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 
 from ..backends.base import Backend, Continuation, StopCondition
 from ..config import UPPER_BOUNDS, PowerSamplingConfig, check_integer
+from ..constraints import ConstraintCursor, Matcher
 from ..generation import GenerationStats, StepTrace
 
 
@@ -31,6 +36,8 @@ class SequenceState:
     """Base log-likelihood log p(tokens | prompt) of the committed tokens."""
     stats: GenerationStats = field(default_factory=GenerationStats)
     trace: list[StepTrace] | None = None
+    constraint: ConstraintCursor | None = None
+    """The output's constraint, advanced with the committed tokens (None: unconstrained)."""
 
     def __post_init__(self) -> None:
         # A per-call budget reaches the loop here: 2.5 would never be used up exactly.
@@ -58,6 +65,8 @@ class SequenceState:
         if len(tokens) > self.remaining:
             raise AssertionError("samplers never propose past the length cap")
         accepted = tuple(tokens)
+        if self.constraint is not None:
+            self.constraint.commit(accepted)
         self.tokens.extend(accepted)
         self.logprob += logprob
         self.finished = self.finished or finished
@@ -115,6 +124,7 @@ class Sampler(ABC):
             temperature=temperature,
             stop=stop,
             keep_cache=keep_cache,
+            **constraint_kwargs(requests),
         )
         drawn = [sum(len(c.token_ids) for c in row) for row in out.continuations]
         self._charge([state for state, _ in requests], drawn, out.forward_tokens, kind=kind)
@@ -134,6 +144,30 @@ class Sampler(ABC):
                 state.stats.rollout_tokens += mine
             else:
                 state.stats.candidate_tokens += mine
+
+
+def constraint_kwargs(
+    requests: Sequence[tuple[SequenceState, Sequence[int]]],
+) -> dict[str, list[Matcher | None]]:
+    """``{"constraint": one matcher per request}`` when any sequence is constrained, else ``{}``
+    (so backends without constraint support keep working for unconstrained requests)."""
+    if all(state.constraint is None for state, _ in requests):
+        return {}
+    return {
+        "constraint": [
+            None if state.constraint is None else state.constraint.at(prefix[len(state.prompt) :])
+            for state, prefix in requests
+        ]
+    }
+
+
+def dead_end(state: SequenceState) -> ValueError:
+    """The error for a constrained sequence that no allowed token can continue."""
+    return ValueError(
+        f"the constraint allows no token of positive probability after the "
+        f"{len(state.tokens)} generated tokens {state.tokens[-8:]} (last 8 shown); use a "
+        "constraint this model can complete (its end tokens must be reachable)"
+    )
 
 
 def new_seed(rng: np.random.Generator) -> int:

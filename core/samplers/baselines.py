@@ -4,6 +4,9 @@
 * low temperature: temperature 1/α per token (sharpens each next-token distribution alone);
 * best-of-N: N standard samples, the highest total base log-likelihood wins.
 
+Under a constraint each samples the masked model (allowed tokens renormalised, at its
+temperature); best-of-N ranks its masked draws by their base log-likelihood.
+
 Standard and low temperature commit ``block_size`` tokens per step (their streaming
 granularity), continuing from the backend's kept cache; this changes nothing in distribution.
 """
@@ -14,7 +17,7 @@ import numpy as np
 
 from ..backends.base import Backend, StopCondition
 from ..config import PowerSamplingConfig
-from .base import Commit, Sampler, SequenceState
+from .base import Commit, Sampler, SequenceState, dead_end
 
 
 class TemperatureSampler(Sampler):
@@ -36,10 +39,13 @@ class TemperatureSampler(Sampler):
             temperature=self.temperature,
             keep_cache=True,
         )
-        return [
-            (state, state.commit(row[0].token_ids, row[0].finished, row[0].logprob))
-            for state, row in zip(active, drawn, strict=True)
-        ]
+        commits = []
+        for state, (drawn_row,) in zip(active, drawn, strict=True):
+            if not drawn_row.token_ids and not drawn_row.finished:
+                raise dead_end(state)
+            tokens, finished = drawn_row.token_ids, drawn_row.finished
+            commits.append((state, state.commit(tokens, finished, drawn_row.logprob)))
+        return commits
 
 
 class BestOfNSampler(Sampler):
@@ -57,6 +63,9 @@ class BestOfNSampler(Sampler):
         )
         commits = []
         for state, row in zip(active, drawn, strict=True):
-            best = max(row, key=lambda c: c.logprob)  # first of equals: deterministic
+            valid = [c for c in row if c.log_mass > -np.inf] or row
+            best = max(valid, key=lambda c: c.logprob)  # first of equals: deterministic
+            if not best.token_ids and not best.finished:
+                raise dead_end(state)
             commits.append((state, state.commit(best.token_ids, best.finished, best.logprob)))
         return commits

@@ -25,6 +25,10 @@ until it reaches the length cap, so the result targets π over completions cappe
 ``max_new_tokens`` whatever the block size. The price: an answer that ends early costs the
 remaining blocks' MH steps.
 
+Under a constraint the proposal is the masked model at temperature 1/α: the backend reports its
+masked, renormalised log-probs, so the same ratio targets π_G(x) ∝ p(x)^α 1[x valid] exactly;
+a proposal that hits a dead end is rejected.
+
 Earlier tokens can change until the end, so the sequence is committed in one piece when done.
 Each MH step is one backend call over all sequences, not one per sequence.
 """
@@ -37,7 +41,7 @@ import numpy as np
 
 from ..backends.base import Backend, Continuation, StopCondition
 from ..config import PowerSamplingConfig
-from .base import Commit, Sampler, SequenceState
+from .base import Commit, Sampler, SequenceState, dead_end
 
 
 @dataclass
@@ -95,7 +99,9 @@ class MCMCSampler(Sampler):
             stop=stop,
             temperature=temperature,
         )
-        for (_, chain), row in zip(growing, grown, strict=True):
+        for (state, chain), row in zip(growing, grown, strict=True):
+            if not row[0].token_ids and not row[0].finished:
+                raise dead_end(state)
             chain.replace_from(len(chain.tokens), row[0])
         for state, chain in zip(active, chains, strict=True):  # ended chains' horizons grow too
             chain.length = min(chain.length + cfg.block_size, state.max_new_tokens)
@@ -116,6 +122,8 @@ class MCMCSampler(Sampler):
             )
             for chain, cut, row in zip(chains, cuts, proposals, strict=True):
                 new = row[0]
+                if new.log_mass == -np.inf:
+                    continue  # a dead end has no valid completion: rejected
                 # The cut is uniform over the current length, so the reverse move's choice of
                 # cut has probability 1/len(x'): a factor len(x)/len(x') when lengths differ.
                 log_ratio = (

@@ -17,6 +17,11 @@ Two options go beyond the paper, both off by default: ``adaptive_tolerance`` spe
 rollouts in two rounds and stops after the first where one candidate already dominates, even
 with any one rollout left out (:meth:`CandidateScores.settled`), and
 ``reuse_rollouts`` recycles the chosen block's rollouts as next-step candidates.
+
+Under a constraint, candidates and rollouts are drawn from the masked model and scored for
+π_G(x) ∝ p(x)^α 1[x valid]: candidates keep their base log p, rollouts add their log allowed
+mass as importance weights, and candidates that hit a dead end are dropped (see
+:mod:`power_sampling.constraints.base` for the derivation).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from ..power_math import (
     logsumexp,
     score_candidates,
 )
-from .base import Commit, Sampler, SequenceState
+from .base import Commit, Sampler, SequenceState, constraint_kwargs, dead_end
 
 
 @dataclass(frozen=True)
@@ -74,13 +79,23 @@ class _Decision:
     def _estimate(self, alpha: float, jackknife: bool) -> CandidateScores:
         m = max((len(r) for r in self.rollouts), default=0)
         lam = np.zeros((len(self.candidates), m))
+        mass = np.zeros_like(lam)
         future = np.zeros(len(self.candidates), dtype=bool)
         for j, row in enumerate(self.rollouts):
             if row:
                 lam[j] = [r.logprob for r in row]
+                mass[j] = [r.log_mass for r in row]
                 future[j] = True
         log_p = [c.logprob for c in self.candidates]
-        return score_candidates(log_p, lam, alpha, has_future=future, jackknife=jackknife)
+        constrained = self.state.constraint is not None
+        return score_candidates(
+            log_p,
+            lam,
+            alpha,
+            has_future=future,
+            jackknife=jackknife,
+            log_mass=mass if constrained else None,
+        )
 
 
 _Proposal = tuple[list[Candidate], tuple[float, float]]
@@ -156,6 +171,8 @@ class ScalablePowerSampler(Sampler):
 
     def _choose(self, decision: _Decision, rng: np.random.Generator) -> Commit:
         cfg, state, candidates = self.config, decision.state, decision.candidates
+        if not candidates:
+            raise dead_end(state)
         scores = decision.score(cfg.alpha, cfg.jackknife)
         chosen = int(rng.choice(len(candidates), p=scores.probs)) if len(candidates) > 1 else 0
         kept = kept_mass(
@@ -189,7 +206,12 @@ class ScalablePowerSampler(Sampler):
     def _top_tokens(self, active: list[SequenceState], stop: StopCondition) -> list[_Proposal]:
         """Algorithm 1: the K most likely next tokens are the candidates (with a bound on the
         power mass of the tokens left out)."""
-        out = self.backend.top_k([s.prefix for s in active], self.config.top_k, keep_cache=True)
+        out = self.backend.top_k(
+            [s.prefix for s in active],
+            self.config.top_k,
+            keep_cache=True,
+            **constraint_kwargs([(s, s.prefix) for s in active]),
+        )
         for state in active:
             state.stats.backend_calls += 1
             state.stats.forward_tokens += round(out.forward_tokens / len(active))
@@ -227,7 +249,8 @@ class ScalablePowerSampler(Sampler):
             keep_cache=True,
         )
         for (state, _), (block,) in zip(requests, drawn, strict=True):
-            pools[state].append(Candidate(block.token_ids, block.logprob, block.finished))
+            if block.log_mass > -np.inf:  # a block at a dead end has no valid completion
+                pools[state].append(Candidate(block.token_ids, block.logprob, block.finished))
         out = []
         for state in active:
             distinct = {c.token_ids: c for c in pools[state]}
@@ -247,5 +270,5 @@ class ScalablePowerSampler(Sampler):
                 r.finished and len(r.token_ids) <= length,
             )
             for r in rollouts[: self.config.num_candidates]
-            if len(r.token_ids) >= length or r.finished
+            if (len(r.token_ids) >= length or r.finished) and r.log_mass > -np.inf
         ]

@@ -1,0 +1,27 @@
+"""Constrained outputs: JSON schemas, regexes, grammars and token automata.
+
+See :mod:`power_sampling.constraints.base` for the target power sampling defines under a
+constraint, π_G(x) ∝ p(x)^α · 1[x valid], and why rollouts need importance weights.
+"""
+
+from .base import (
+    Constraint,
+    ConstraintCursor,
+    Matcher,
+    TokenAutomaton,
+    allowed_tokens,
+    bitmask_words,
+    new_bitmask,
+    unpack_bitmask,
+)
+
+__all__ = [
+    "Constraint",
+    "ConstraintCursor",
+    "Matcher",
+    "TokenAutomaton",
+    "allowed_tokens",
+    "bitmask_words",
+    "new_bitmask",
+    "unpack_bitmask",
+]
