@@ -1,11 +1,12 @@
 """Fidelity at small budgets: total variation to the exact power distribution against cost.
 
-``python -m power_sampling.fidelity [--quick] [--out DIR]`` runs the power sampler on small
-random table models of several shapes (flat and peaked next-token distributions, early and late
-endings), compares the distribution of its completions with the exact π ∝ p^α
+``python -m power_sampling.fidelity [--quick] [--rules] [--out DIR]`` runs the power sampler on
+small random table models of several shapes (flat and peaked next-token distributions, early
+and late endings), compares the distribution of its completions with the exact π ∝ p^α
 (:mod:`power_sampling.exact`), and records the mean forward tokens per generation. Block level
 (Algorithm 2) over K, L, M and B; token level (Algorithm 1) over K and M; both over α. Seeds are
-fixed, so a run repeats exactly. The full grid takes about ten minutes on one CPU core.
+fixed, so a run repeats exactly. The full grid takes about ten minutes on one CPU core;
+``--rules`` compares the candidate selection rules of :mod:`power_sampling.fidelity_rules`.
 
 The sampled distribution is estimated with a Rao-Blackwellised count: every step adds the
 probability it gave each candidate that finishes the completion there (ended, or filled the
@@ -31,6 +32,7 @@ import numpy as np
 from . import exact
 from .backends.table import TableLM
 from .config import PowerSamplingConfig
+from .fidelity_rules import RULES
 from .samplers import ScalablePowerSampler, SequenceState
 
 PROMPT = (1,)
@@ -244,14 +246,15 @@ def _compose(
     return dict(out)
 
 
-def measure(shape: str, setting: Setting, runs: int) -> Result:
-    """TV to π and cost of ``setting`` on the table shape ``shape``."""
+def measure(shape: str, setting: Setting, runs: int, rule: str = "top-K") -> Result:
+    """TV to π and cost of ``setting`` on the table shape ``shape``, with the selection
+    ``rule`` (one of :data:`power_sampling.fidelity_rules.RULES`)."""
     lm = SHAPES[shape]()
     pi = exact.power_distribution(lm, PROMPT, setting.alpha, LENGTH)
-    est = sampled_distribution(ScalablePowerSampler(lm, setting.config()), runs)
+    est = sampled_distribution(RULES[rule](lm, setting.config()), runs)
     return Result(
         shape,
-        setting.label,
+        setting.label if rule == "top-K" else f"{setting.label}, {rule}",
         setting.alpha,
         setting.block_size,
         setting.top_k,
@@ -293,6 +296,15 @@ def run(quick: bool = False, runs: int | None = None) -> list[Result]:
     return [measure(shape, s, runs) for s in grid(quick) for shape in SHAPES]
 
 
+def compare_rules(runs: int | None = None) -> list[Result]:
+    """Every selection rule at two block settings of equal real-model cost to the cpu presets
+    (old and current), on every shape."""
+    settings = [Setting(4.0, 2, 8, 2, 8), Setting(4.0, 2, 8, 2, 16)]
+    return [
+        measure(shape, s, runs or 200, rule) for s in settings for rule in RULES for shape in SHAPES
+    ]
+
+
 def markdown(results: Sequence[Result]) -> str:
     """One row per setting: TV on each shape (noise in brackets) and the mean cost."""
     shapes = list(dict.fromkeys(r.shape for r in results))
@@ -327,20 +339,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a small grid, 200 draws each")
     parser.add_argument("--runs", type=int, default=None, help="draws per setting and shape")
+    parser.add_argument(
+        "--rules", action="store_true", help="compare the selection rules instead of the grid"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write fidelity.md/json here")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 2:
         parser.error(f"--runs={args.runs} is invalid: use at least 2 draws")
     start = time.perf_counter()
-    results = run(args.quick, args.runs)
+    results = compare_rules(args.runs) if args.rules else run(args.quick, args.runs)
     table_md = markdown(results)
     print(table_md)
     print(f"\n{len(results)} measurements in {time.perf_counter() - start:.0f} s")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fidelity.md").write_text(table_md + "\n")
+        name = "fidelity-rules" if args.rules else "fidelity"
+        (args.out / f"{name}.md").write_text(table_md + "\n")
         payload = {"length": LENGTH, "vocab": VOCAB, "results": [asdict(r) for r in results]}
-        (args.out / "fidelity.json").write_text(json.dumps(payload, indent=1) + "\n")
+        (args.out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     return 0
 
 
