@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..bench import BENCH_PROMPTS, markdown, run_bench
+from ..bench import BENCH_PROMPTS, constraint_markdown, constraint_overhead, markdown, run_bench
 from ..sampler import PowerSampler
 from .common import (
     UsageError,
@@ -34,6 +34,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--no-options", action="store_true", help="skip the power options")
     parser.add_argument("--json-out", help="also write the JSON report to this file")
+    parser.add_argument(
+        "--constraint",
+        metavar="KIND:VALUE",
+        help="measure a constraint's overhead per token instead (standard and power, with and "
+        "without it): json-schema:FILE_OR_JSON, regex:PATTERN, grammar:FILE or json:",
+    )
     add_config_arguments(parser)
     add_model_arguments(parser)
     add_common_arguments(parser)
@@ -47,6 +53,18 @@ def _cmd_bench(args: Any) -> int:
     if args.samples < 1:
         raise UsageError(f"--samples {args.samples} is invalid: use an integer >= 1")
     sampler = PowerSampler(load_backend(args), config.replace(method="power"))
+    if args.constraint:
+        report = constraint_overhead(
+            sampler,
+            BENCH_PROMPTS[: args.prompts],
+            parse_constraint(args.constraint),
+            samples=args.samples,
+        )
+        print(constraint_markdown(report))
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(report, f, indent=2)
+        return 0
     report = run_bench(
         sampler, BENCH_PROMPTS[: args.prompts], samples=args.samples, options=not args.no_options
     )
@@ -55,3 +73,30 @@ def _cmd_bench(args: Any) -> int:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
     return 0
+
+
+def parse_constraint(spec: str) -> Any:
+    """A :class:`~power_sampling.constraints.Constraint` from ``KIND:VALUE`` (a JSON schema or
+    grammar may be given as a file path)."""
+    from pathlib import Path
+
+    from ..constraints import Constraint
+
+    kind, _, value = spec.partition(":")
+    if kind in ("json-schema", "grammar") and value and Path(value).is_file():
+        value = Path(value).read_text()
+    if kind == "json-schema":
+        try:
+            return Constraint.json_schema(value)
+        except ValueError as error:
+            raise UsageError(f"--constraint {spec!r}: {error}") from error
+    if kind == "regex" and value:
+        return Constraint.regex(value)
+    if kind == "grammar" and value:
+        return Constraint.grammar(value)
+    if kind == "json":
+        return Constraint.json()
+    raise UsageError(
+        f"--constraint {spec!r} is invalid: use json-schema:FILE_OR_JSON, regex:PATTERN, "
+        "grammar:FILE or json:"
+    )
