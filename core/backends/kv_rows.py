@@ -5,6 +5,11 @@ A :class:`Rows` batch holds one sequence per row, every token of it in the cache
 different lengths share a batch by padding: caches are left-padded with masked zero columns, and
 rows extended by different numbers of tokens leave masked holes (``mask`` is 0 there). Nothing
 here runs the model; :mod:`power_sampling.backends.transformers` does.
+
+Rows that continue the same prefix share its keys and values (:func:`share`): each layer stores
+the prefixes once and only the tokens after them per row (:class:`SharedLayer`), so n rollouts of
+a long prompt hold one copy of it, not n. The model still attends over whole rows: a layer's
+full keys are assembled for its attention and dropped after it, one layer at a time.
 """
 
 from __future__ import annotations
@@ -39,9 +44,18 @@ class Rows:
 
     @property
     def kv(self) -> KV:
-        """The cache's per-layer (keys, values)."""
-        layers: list[Any] = list(self.cache.layers)  # all DynamicLayer: built by new_cache
-        return [(layer.keys, layer.values) for layer in layers]
+        """The cache's per-layer (keys, values), whole rows (shared prefixes copied out)."""
+        layers: list[Any] = list(self.cache.layers)  # DynamicLayer or SharedLayer
+        return [
+            layer.full() if isinstance(layer, SharedLayer) else (layer.keys, layer.values)
+            for layer in layers
+        ]
+
+    @property
+    def shared(self) -> bool:
+        """Whether the cache stores shared prefixes once (see :func:`share`)."""
+        layers = list(self.cache.layers)
+        return bool(layers) and all(isinstance(layer, SharedLayer) for layer in layers)
 
     @classmethod
     def empty(cls, count: int, device: torch.device) -> Rows:
@@ -112,6 +126,73 @@ class KeptStore:
         return concat(parts), order
 
 
+class SharedLayer(DynamicLayer):
+    """A cache layer whose rows continue shared prefixes: ``prefix_keys`` / ``prefix_values``
+    hold each prefix once (``[prefixes, heads, columns, head_dim]``), ``index`` names the prefix
+    of every row, and ``own_keys`` / ``own_values`` hold only each row's tokens after it."""
+
+    def __init__(
+        self,
+        prefix: tuple[torch.Tensor, torch.Tensor],
+        index: torch.Tensor,
+        own: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        super().__init__()
+        self.prefix_keys, self.prefix_values = prefix
+        self.index = index
+        self.lazy_initialization(*own)
+        self.own_keys, self.own_values = own
+        self.keys, self.values = own
+
+    def full(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole rows: each row's prefix followed by its own tokens (new tensors)."""
+        return self._whole(self.prefix_keys, self.own_keys), self._whole(
+            self.prefix_values, self.own_values
+        )
+
+    def _whole(self, prefix: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        rows, width = len(self.index), prefix.shape[-2]
+        out = own.new_empty(rows, own.shape[1], width + own.shape[2], own.shape[3])
+        # One prefix (the common case) is broadcast straight into place, with no gathered copy.
+        source = prefix.expand(rows, -1, -1, -1) if prefix.shape[0] == 1 else prefix[self.index]
+        out[:, :, :width] = source
+        out[:, :, width:] = own
+        return out
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.own_keys = torch.cat([self.own_keys, key_states], dim=-2)
+        self.own_values = torch.cat([self.own_values, value_states], dim=-2)
+        self.keys, self.values = self.own_keys, self.own_values
+        return self.full()
+
+    def get_seq_length(self) -> int:
+        return int(self.prefix_keys.shape[-2] + self.own_keys.shape[-2])
+
+    def select(self, at: torch.Tensor) -> SharedLayer:
+        """The rows ``at`` (repeats allowed), still sharing the same prefixes."""
+        own = (self.own_keys.index_select(0, at), self.own_values.index_select(0, at))
+        return SharedLayer((self.prefix_keys, self.prefix_values), self.index[at], own)
+
+
+def share(rows: Rows, index: list[int]) -> Rows:
+    """Like :func:`select`, but the rows keep one copy of each prefix: new rows continuing the
+    same sequence (a prefix's ``n`` samples) cost only their own tokens."""
+    if rows.shared:
+        return select(rows, index)
+    at = torch.tensor(index, dtype=torch.long, device=rows.mask.device)
+    cache = DynamicCache()
+    for keys, values in rows.kv:
+        empty = (
+            keys.new_zeros(len(index), *keys.shape[1:2], 0, keys.shape[3]),
+            values.new_zeros(len(index), *values.shape[1:2], 0, values.shape[3]),
+        )
+        cache.layers.append(SharedLayer((keys, values), at, empty))
+    logits = None if rows.logits is None else rows.logits.index_select(0, at)
+    return Rows([rows.seqs[i] for i in index], cache, rows.mask.index_select(0, at), logits)
+
+
 def new_cache(kv: KV) -> DynamicCache:
     """A DynamicCache over these tensors as they are (``update`` would copy them once more)."""
     cache = DynamicCache()
@@ -124,9 +205,15 @@ def new_cache(kv: KV) -> DynamicCache:
 
 
 def select(rows: Rows, index: list[int]) -> Rows:
-    """A new batch of the given rows (repeats allowed); ``rows`` is left as it is."""
+    """A new batch of the given rows (repeats allowed); ``rows`` is left as it is. Shared
+    prefixes stay shared."""
     at = torch.tensor(index, dtype=torch.long, device=rows.mask.device)
-    cache = new_cache([(k.index_select(0, at), v.index_select(0, at)) for k, v in rows.kv])
+    if rows.shared:
+        cache = DynamicCache()
+        layers: list[Any] = list(rows.cache.layers)  # all SharedLayer
+        cache.layers.extend(layer.select(at) for layer in layers)
+    else:
+        cache = new_cache([(k.index_select(0, at), v.index_select(0, at)) for k, v in rows.kv])
     logits = None if rows.logits is None else rows.logits.index_select(0, at)
     return Rows([rows.seqs[i] for i in index], cache, rows.mask.index_select(0, at), logits)
 
@@ -136,8 +223,9 @@ def concat(parts: list[Rows]) -> Rows:
     if len(parts) == 1:
         return parts[0]
     width = max(p.mask.shape[1] for p in parts)
-    like = next((p.kv for p in parts if p.kv), [])
-    per_part = [p.kv or uncached(like, len(p.seqs)) for p in parts]
+    kvs = [p.kv for p in parts]  # shared prefixes are copied out here
+    like = next((kv for kv in kvs if kv), [])
+    per_part = [kv or uncached(like, len(p.seqs)) for kv, p in zip(kvs, parts, strict=True)]
     kv = []
     for i in range(len(like)):
         keys = torch.cat([pad_left(layers[i][0], width, 2) for layers in per_part])

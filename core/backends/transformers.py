@@ -49,7 +49,7 @@ from .base import (
     validate_prefixes,
 )
 from .draws import Draws, bad_logits_message, draw
-from .kv_rows import KeptStore, Rows, Seq, concat, select
+from .kv_rows import KeptStore, Rows, Seq, concat, select, share
 from .masks import RowMasks, masked_logprobs
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ class TransformersBackend:
         def run(chunk: range) -> tuple[list[Continuation], int]:
             mine = [owner[r] for r in chunk]
             rows, where, forward = self._resolve([requests[i] for i in mine])
-            rows = select(rows, where)  # each prefix's cache, expanded to its rows
+            rows = share(rows, where)  # each prefix's cache, shared by its rows
             masks = None
             if constraint is not None and any(constraint[i] is not None for i in mine):
                 masks = RowMasks(
