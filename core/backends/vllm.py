@@ -25,6 +25,7 @@ for). At temperature 1 both are the base log-probs. At another temperature
   (``returns_proposal_logprobs`` is False). Nothing is approximated.
 
 ``from_pretrained`` builds a ``processed_logprobs`` engine, so every sampler runs on it.
+Constrained outputs (``constraint=``) are not supported yet and are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -189,11 +190,17 @@ class VLLMBackend:
     # -- the protocol ------------------------------------------------------------------------
 
     def top_k(
-        self, prefixes: Sequence[Sequence[int]], k: int, *, keep_cache: bool = False
+        self,
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        *,
+        keep_cache: bool = False,
+        constraint: Sequence[Any] | None = None,
     ) -> TopKOutput:
         from vllm import SamplingParams
 
         validate_prefixes(prefixes, self.vocab_size)
+        _refuse_constraint(constraint)
         if k < 1:
             raise ValueError(f"k={k} is invalid: ask for at least one token")
         k = min(k, self.vocab_size)
@@ -223,10 +230,12 @@ class VLLMBackend:
         temperature: float = 1.0,
         stop: StopCondition | None = None,
         keep_cache: bool = False,
+        constraint: Sequence[Any] | None = None,
     ) -> SampleOutput:
         from vllm import SamplingParams
 
         validate_prefixes(prefixes, self.vocab_size)
+        _refuse_constraint(constraint)
         limits = budgets(max_new_tokens, len(prefixes))
         if n < 0 or min(limits, default=0) < 0:
             raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 0")
@@ -342,6 +351,16 @@ _QUIET: dict[str, Any] = {"detokenize": False, "ignore_eos": True}
 
 def _model_config(llm: Any) -> Any:
     return llm.llm_engine.model_config
+
+
+def _refuse_constraint(constraint: Sequence[Any] | None) -> None:
+    """Constrained outputs need per-step masks and the allowed mass, which this backend does not
+    compute yet: say so rather than ignore the constraint."""
+    if constraint is not None and any(m is not None for m in constraint):
+        raise ValueError(
+            "VLLMBackend does not support constrained outputs (constraint=...) yet; use "
+            "TransformersBackend for constrained generation, or drop the constraint"
+        )
 
 
 def _seeds(seed: int, count: int) -> list[int]:

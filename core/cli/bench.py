@@ -8,6 +8,7 @@ from typing import Any
 from ..bench import BENCH_PROMPTS, constraint_markdown, constraint_overhead, markdown, run_bench
 from ..sampler import PowerSampler
 from .common import (
+    ModelLoadError,
     UsageError,
     add_common_arguments,
     add_config_arguments,
@@ -40,6 +41,13 @@ def add_parser(subparsers: Any) -> None:
         help="measure a constraint's overhead per token instead (standard and power, with and "
         "without it): json-schema:FILE_OR_JSON, regex:PATTERN, grammar:FILE or json:",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="run the model in-process with transformers (default) or on a vLLM engine "
+        "(needs the [vllm] extra; eager mode when no GPU is visible)",
+    )
     add_config_arguments(parser)
     add_model_arguments(parser)
     add_common_arguments(parser)
@@ -52,7 +60,8 @@ def _cmd_bench(args: Any) -> int:
         raise UsageError(f"--prompts must be between 1 and {len(BENCH_PROMPTS)}")
     if args.samples < 1:
         raise UsageError(f"--samples {args.samples} is invalid: use an integer >= 1")
-    sampler = PowerSampler(load_backend(args), config.replace(method="power"))
+    backend = load_vllm_backend(args) if args.backend == "vllm" else load_backend(args)
+    sampler = PowerSampler(backend, config.replace(method="power"))
     if args.constraint:
         report = constraint_overhead(
             sampler,
@@ -100,3 +109,31 @@ def parse_constraint(spec: str) -> Any:
         f"--constraint {spec!r} is invalid: use json-schema:FILE_OR_JSON, regex:PATTERN, "
         "grammar:FILE or json:"
     )
+
+
+def load_vllm_backend(args: Any) -> Any:
+    """A ``VLLMBackend`` over ``--model`` (default: the embedded model's folder) with ``--dtype``.
+
+    vLLM picks its own platform, so ``--device`` does not apply (CUDA_VISIBLE_DEVICES does).
+    Without a visible GPU the engine runs eagerly: compiling takes minutes on a CPU.
+    """
+    if args.device is not None:
+        raise UsageError(
+            f"--device {args.device} does not apply to --backend vllm: vLLM picks its platform; "
+            "choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    try:
+        import torch
+
+        from ..backends.vllm import VLLMBackend
+        from ..models import default_model_dir
+
+        path = args.model or str(default_model_dir())
+        kwargs: dict[str, Any] = {"dtype": args.dtype or ("auto" if args.model else "float32")}
+        if not torch.cuda.is_available():
+            kwargs["enforce_eager"] = True
+        return VLLMBackend.from_pretrained(path, **kwargs)
+    except (ImportError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot start vLLM on {args.model or 'the default model'}: {exc}"
+        ) from exc

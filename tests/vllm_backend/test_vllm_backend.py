@@ -151,6 +151,10 @@ def test_budgets_and_bad_input(embedded: Any) -> None:
             call([(1, backend.vocab_size)])
     with pytest.raises(ValueError, match="temperature"):
         backend.sample([short], 1, 3, seed=0, temperature=0.0)
+    with pytest.raises(ValueError, match="constrained outputs"):
+        backend.sample([short], 1, 3, seed=0, constraint=[object()])
+    with pytest.raises(ValueError, match="constrained outputs"):
+        backend.top_k([short], 3, constraint=[object()])
 
 
 def test_power_sampler_runs_on_text(embedded: Any) -> None:
@@ -158,10 +162,10 @@ def test_power_sampler_runs_on_text(embedded: Any) -> None:
     log-likelihood the transformers model gives the same tokens."""
     backend, model = embedded.vllm, embedded.model
     sampler = PowerSampler(
-        backend, top_k=3, num_rollouts=2, rollout_length=4, block_size=4, max_new_tokens=12
+        backend, top_k=2, num_rollouts=2, rollout_length=4, block_size=4, max_new_tokens=8
     )
     gen = sampler.generate([{"role": "user", "content": "What is 2+2?"}], seed=0)
-    assert gen.text and 0 < len(gen.token_ids) <= 12
+    assert gen.text and 0 < len(gen.token_ids) <= 8
     prompt = backend.apply_chat_template([{"role": "user", "content": "What is 2+2?"}])
     expected = sum(reference(model, prompt, gen.token_ids))
     assert gen.logprob == pytest.approx(expected, abs=TOL * len(gen.token_ids))
