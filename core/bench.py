@@ -2,9 +2,14 @@
 hardware, measured side by side in one run on one model and one prompt set.
 
 Reported per method: wall time per generation and per completion token, forward tokens
-(positions the model ran), completion tokens, and the mean base log-likelihood per token of the
-outputs with its standard error (the sharpening achieved).
-Derived: the speed-up over MCMC at matched settings, the overhead over standard decoding, the
+(positions the model ran), sequential steps (the model runs one generation waits for one after
+another: prefill calls plus decode steps, however many rows each has; the critical path, which
+sets the latency where a batched step costs about what one row does), completion tokens, and the
+mean base log-likelihood per token of the outputs with its standard error (the sharpening
+achieved). With ``ignore_eos`` the model's end tokens end nothing, so every method runs to full
+length (:class:`~power_sampling.backends.IgnoreEOS`).
+Derived: the speed-up over MCMC at matched settings, the critical-path ratios, the overhead over
+standard decoding, the
 effect of the options beyond the paper, and the power sampler's efficiency: the tokens per
 second it generates, everything between model calls included, against the model's own
 ``generate`` running the very same batched calls (recorded, then replayed). Timings on shared
@@ -21,6 +26,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
+from .backends.base import Backend
+from .backends.ignore_eos import IgnoreEOS
+from .config import PowerSamplingConfig
 from .sampler import PowerSampler, Prompt
 
 BENCH_PROMPTS: tuple[str, ...] = (
@@ -29,6 +39,15 @@ BENCH_PROMPTS: tuple[str, ...] = (
     "A train travels 60 km per hour for 3 hours. How far does it go?",
     "Sara reads 12 pages a day. How many pages does she read in 2 weeks?",
 )
+
+
+def token_prompts(backend: Backend, count: int, length: int = 48) -> list[list[int]]:
+    """``count`` fixed token-id prompts of ``length`` ids (no end tokens), for backends without a
+    tokenizer such as ``random:<architecture>`` models; the same for every run."""
+    rng = np.random.default_rng(0)
+    ends = backend.stop.token_ids
+    allowed = np.array([t for t in range(min(backend.vocab_size, 32768)) if t not in ends])
+    return [[int(t) for t in rng.choice(allowed, size=length)] for _ in range(count)]
 
 
 @dataclass
@@ -43,6 +62,9 @@ class MethodResult:
     wall_time_per_token: float
     """Seconds per completion token (methods whose outputs differ in length compare fairer)."""
     forward_tokens: int
+    sequential_steps: int
+    """Model runs the generations waited for one after another, summed over generations."""
+    sequential_steps_per_generation: float
     completion_tokens: int
     loglik_per_token: float
     """Mean over generations of log p(completion) / its length."""
@@ -61,12 +83,13 @@ def run_method(
     """Generate every prompt ``samples`` times, one generation at a time (latency per prompt, as
     the paper reports); generation ``i`` uses seed ``seed + i`` whatever the method."""
     config = sampler.config.replace(**overrides)
-    walls, forward, completion, logliks = [], 0, 0, []
+    walls, forward, steps, completion, logliks = [], 0, 0, 0, []
     for i, prompt in enumerate(p for p in prompts for _ in range(samples)):
         start = time.perf_counter()
         out = sampler.generate(prompt, seed=seed + i, **overrides)
         walls.append(time.perf_counter() - start)
         forward += out.stats.forward_tokens
+        steps += out.stats.sequential_steps
         completion += len(out.token_ids)
         logliks.append(out.logprob / max(len(out.token_ids), 1))
     return MethodResult(
@@ -77,6 +100,8 @@ def run_method(
         wall_time_per_prompt=statistics.fmean(walls),
         wall_time_per_token=sum(walls) / max(completion, 1),
         forward_tokens=forward,
+        sequential_steps=steps,
+        sequential_steps_per_generation=steps / len(walls),
         completion_tokens=completion,
         loglik_per_token=statistics.fmean(logliks),
         loglik_stderr=statistics.stdev(logliks) / len(logliks) ** 0.5 if len(logliks) > 1 else 0.0,
@@ -176,10 +201,18 @@ def run_bench(
     seed: int = 0,
     samples: int = 1,
     options: bool = True,
+    ignore_eos: bool = False,
+    replay: bool = True,
 ) -> dict[str, Any]:
-    """Run every method on the same prompts; return the measurements and their ratios."""
+    """Run every method on the same prompts; return the measurements and their ratios.
+
+    Text prompts are sent as chat messages; token-id prompts as they are. ``ignore_eos`` runs
+    every method to full length; ``replay`` adds the efficiency against ``model.generate``.
+    """
     chat = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     cfg = sampler.config
+    if ignore_eos:
+        sampler = PowerSampler(IgnoreEOS(sampler.backend), cfg)
     # "power" is the paper's algorithm at these settings; each option is then switched on alone.
     paper = dict(method="power", adaptive_tolerance=0.0, reuse_rollouts=False)
     methods: list[tuple[str, dict[str, Any]]] = [
@@ -204,7 +237,17 @@ def run_bench(
         "model": getattr(sampler.backend, "name", type(sampler.backend).__name__),
         "hardware": hardware(),
         "settings": cfg.model_dump(),
+        "ignore_eos": ignore_eos,
         "methods": {name: asdict(r) for name, r in results.items()},
+        # Per generation: the ratios of the critical paths (sequential model runs).
+        "sequential_steps_ratio_mcmc_vs_power": steps_ratio(mcmc, power),
+        "sequential_steps_ratio_power_vs_standard": steps_ratio(power, standard),
+        "expected_sequential_steps": {
+            name: expected_sequential_steps(cfg, name, cfg.max_new_tokens)
+            for name in ("standard", "power", "mcmc")
+        }
+        if cfg.block_size > 1
+        else None,
         "speedup_vs_mcmc": mcmc.wall_time_per_prompt / power.wall_time_per_prompt,
         "speedup_vs_mcmc_per_token": mcmc.wall_time_per_token / power.wall_time_per_token,
         "loglik_gain_vs_mcmc": power.loglik_per_token - mcmc.loglik_per_token,
@@ -220,6 +263,7 @@ def run_bench(
                 / power.wall_time_per_token,
                 "speedup_vs_mcmc": mcmc.wall_time_per_prompt / results[name].wall_time_per_prompt,
                 "forward_token_ratio": results[name].forward_tokens / max(power.forward_tokens, 1),
+                "sequential_steps_ratio": steps_ratio(results[name], power),
                 # Per completion token: an option that changes the outputs' length changes the
                 # work per generation for that reason alone.
                 "forward_tokens_per_token_ratio": per_token(results[name]) / per_token(power),
@@ -229,7 +273,7 @@ def run_bench(
             }
             for name in ("power+adaptive", "power+reuse")
         }
-    if hasattr(sampler.backend, "model"):
+    if replay and hasattr(sampler.backend, "model"):
         seconds, tokens = replay_with_generate(sampler.backend, recorder.calls)
         drawn = sum(call.drawn for call in recorder.calls)
         wall = power.wall_time_per_prompt * power.prompts * power.samples
@@ -243,6 +287,38 @@ def run_bench(
             "batched calls (same prefixes, rows and lengths)",
         }
     return report
+
+
+def expected_sequential_steps(config: PowerSamplingConfig, method: str, tokens: int) -> float:
+    """The sequential model runs of one generation of ``tokens`` tokens (every method run to
+    full length, one prompt, the transformers backend), by the algorithms' arithmetic.
+
+    With n = ceil(tokens / B) blocks: standard decoding runs the prompt once and then one step
+    per token. Power sampling's first candidate call prefills the prompt and runs B steps; every
+    later one continues the chosen block's kept row (B steps), and each rollout call continues
+    the kept candidate rows (H - 1 steps after the first token; none in the last block, which
+    has no tokens left to roll out). MCMC grows each block in B runs (a prefill, B - 1 steps)
+    and each of its N proposals regenerates from a uniform cut: (length + 1) / 2 runs on
+    average, the length growing by B per block. Exact for standard and power, the expectation
+    for MCMC.
+    """
+    b, h, n = config.block_size, config.rollout_length, -(-tokens // config.block_size)
+    if method in ("standard", "low_temperature"):
+        return tokens + 1.0
+    if method == "power":
+        if b == 1:
+            raise ValueError("expected_sequential_steps covers block mode (block_size > 1)")
+        return n * b + 1.0 + sum(min(h, tokens - k * b) - 1 for k in range(1, n))
+    if method == "mcmc":
+        lengths = [min(k * b, tokens) for k in range(1, n + 1)]
+        grow = sum(length - k * b + b for k, length in enumerate(lengths, start=1))
+        return grow + config.mcmc_steps * sum((length + 1) / 2 for length in lengths)
+    raise ValueError(f"method={method!r}: expected_sequential_steps covers standard, power, mcmc")
+
+
+def steps_ratio(a: MethodResult, b: MethodResult) -> float:
+    """Sequential steps per generation of ``a`` over ``b``."""
+    return a.sequential_steps_per_generation / max(b.sequential_steps_per_generation, 1e-9)
 
 
 def per_token(result: MethodResult) -> float:
@@ -266,22 +342,26 @@ def hardware() -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table plus the derived ratios."""
     first = next(iter(report["methods"].values()))
+    eos = "; end tokens ignored" if report.get("ignore_eos") else ""
     lines = [
         f"Model: {report['model']} on {report['hardware']}; {first['prompts']} prompts x "
-        f"{first['samples']} seeds per method.",
+        f"{first['samples']} seeds per method{eos}.",
         "",
-        "| method | s / generation | s / token | forward tokens | completion tokens "
-        "| log p / token (± s.e.) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | s / generation | s / token | forward tokens | sequential steps / generation "
+        "| completion tokens | log p / token (± s.e.) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in report["methods"].items():
         lines.append(
             f"| {name} | {r['wall_time_per_prompt']:.2f} | {r['wall_time_per_token']:.3f} | "
-            f"{r['forward_tokens']} | "
+            f"{r['forward_tokens']} | {r['sequential_steps_per_generation']:.0f} | "
             f"{r['completion_tokens']} | {r['loglik_per_token']:.3f} ± {r['loglik_stderr']:.3f} |"
         )
     lines += [
         "",
+        f"- critical path: MCMC takes {report['sequential_steps_ratio_mcmc_vs_power']:.1f}x the "
+        f"sequential model steps of power sampling, power "
+        f"{report['sequential_steps_ratio_power_vs_standard']:.1f}x those of standard decoding",
         f"- power vs MCMC: {report['speedup_vs_mcmc']:.1f}x faster per generation "
         f"({report['speedup_vs_mcmc_per_token']:.1f}x per completion token), "
         f"log p / token {report['loglik_gain_vs_mcmc']:+.3f}",
@@ -294,7 +374,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"- {name} vs power: {o['time_ratio']:.2f}x time "
             f"({o['time_per_token_ratio']:.2f}x per completion token; "
             f"{o['speedup_vs_mcmc']:.1f}x faster than MCMC), "
-            f"{o['forward_token_ratio']:.2f}x forward tokens "
+            f"{o['forward_token_ratio']:.2f}x forward tokens, "
+            f"{o['sequential_steps_ratio']:.2f}x sequential steps "
             f"({o['forward_tokens_per_token_ratio']:.2f}x per completion token), "
             f"log p / token {o['loglik_delta']:+.3f} ± {o['loglik_delta_stderr']:.3f}"
         )

@@ -15,7 +15,10 @@ class GenerationStats:
     ``candidate_tokens`` and ``rollout_tokens`` count tokens the sampler drew (candidate blocks or
     MCMC proposals; look-ahead rollouts); ``forward_tokens`` counts positions the model actually
     ran, prefill included, as reported by the backend (for prompts generated together, a call's
-    count is shared out by rows). ``wall_time`` is in seconds.
+    count is shared out by rows). ``sequential_steps`` counts the model runs the generation waited
+    for one after another (prefill calls plus decode steps, however many rows each had): its
+    critical path, which sets the latency where a batched step costs about what one row does
+    (a GPU); every call counts in full for each prompt in it. ``wall_time`` is in seconds.
     """
 
     prompt_tokens: int = 0
@@ -25,6 +28,7 @@ class GenerationStats:
     candidate_tokens: int = 0
     rollout_tokens: int = 0
     forward_tokens: int = 0
+    sequential_steps: int = 0
     wall_time: float = 0.0
     min_kept_mass: float = 1.0
     """Power sampling: the smallest ``StepTrace.kept_mass`` over the generation's steps (1.0 when

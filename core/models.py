@@ -308,6 +308,8 @@ def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
 
     - ``None``, ``"default"`` or ``"SmolLM2-135M-Instruct"``: :func:`load_default`, the embedded
       model.
+    - ``"random:<architecture>"``: a randomly initialised model from a config written in code
+      (:mod:`power_sampling.random_models`), for speed measurements with nothing to download.
     - any other string or path (a hub id or a local folder):
       ``TransformersBackend.from_pretrained``.
     - anything else (a backend the caller already built) is returned unchanged.
@@ -316,6 +318,10 @@ def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
     """
     if model is None or model == "default" or model == DEFAULT_MODEL:
         return load_default(**backend_kwargs)
+    if isinstance(model, str) and model.startswith("random:"):
+        from power_sampling.random_models import random_backend
+
+        return random_backend(model, **backend_kwargs)
     if isinstance(model, str | os.PathLike):
         from power_sampling.backends.transformers import TransformersBackend
 

@@ -17,6 +17,7 @@ from .base import (
     TopK,
     TopKOutput,
 )
+from .ignore_eos import IgnoreEOS
 from .table import TableLM
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Backend",
     "Continuation",
+    "IgnoreEOS",
     "SampleOutput",
     "StopCondition",
     "TableLM",

@@ -90,17 +90,24 @@ class SampleOutput:
     """``continuations[i]`` holds the ``n`` continuations of ``prefixes[i]``.
 
     ``forward_tokens`` counts the token positions the model actually ran (prefill plus decode),
-    so callers can see what the KV cache saved.
+    so callers can see what the KV cache saved. ``sequential_steps`` counts the model runs that
+    had to happen one after another (prefill calls plus decode steps, however many rows each
+    had): the call's critical path, which sets its latency where a batch step costs about the
+    same as a single row (a GPU). 0 means the backend does not report it.
     """
 
     continuations: list[list[Continuation]]
     forward_tokens: int = 0
+    sequential_steps: int = 0
 
 
 @dataclass(frozen=True)
 class TopKOutput:
+    """``entries[i]`` holds the top tokens of ``prefixes[i]``; the counts as in SampleOutput."""
+
     entries: list[TopK]
     forward_tokens: int = 0
+    sequential_steps: int = 0
 
 
 @runtime_checkable

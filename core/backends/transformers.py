@@ -16,7 +16,8 @@ columns, and rows extended by different numbers of tokens leave masked holes; po
 real tokens only, so every row sees exactly the positions of its own sequence.
 
 ``forward_tokens`` counts the token positions the model ran: the new tokens of every prefix
-once (padding excluded), plus one per batch row per decode step.
+once (padding excluded), plus one per batch row per decode step. ``sequential_steps`` counts the
+model runs themselves (one per prefill, one per decode step, whatever the rows): the latency.
 
 Log-probs are the model's raw base log-probs (``log_softmax`` of float32 logits at temperature
 1), never warper-processed; tokens are drawn from softmax(logits / temperature) with a
@@ -107,6 +108,7 @@ class TransformersBackend:
         self._logits_to_keep = "logits_to_keep" in params
         self._lock = threading.RLock()
         self._kept = KeptStore()
+        self._runs = 0  # model runs so far: calls report the difference as sequential_steps
 
     @classmethod
     def from_transformers(
@@ -295,9 +297,11 @@ class TransformersBackend:
             return entries, forward
 
         with self._lock, torch.inference_mode():
+            runs = self._runs
             parts = self._in_chunks(len(requests), run)
             self._kept.remember(kept)
-        return TopKOutput([e for p, _ in parts for e in p], sum(f for _, f in parts))
+            steps = self._runs - runs
+        return TopKOutput([e for p, _ in parts for e in p], sum(f for _, f in parts), steps)
 
     def sample(
         self,
@@ -349,11 +353,13 @@ class TransformersBackend:
 
         with self._lock, torch.inference_mode():
             generator = torch.Generator(self.device).manual_seed(int(seed) % 2**64)
+            runs = self._runs
             parts = self._in_chunks(len(owner), run)
             self._kept.remember(kept)
+            steps = self._runs - runs
         flat = [c for p, _ in parts for c in p]
         grouped = [flat[i * n : (i + 1) * n] for i in range(len(prefixes))]
-        return SampleOutput(grouped, sum(f for _, f in parts))
+        return SampleOutput(grouped, sum(f for _, f in parts), steps)
 
     def _resolve(self, prefixes: list[Seq]) -> tuple[Rows, list[int], int]:
         """One row with cache and next-token logits per distinct prefix.
@@ -393,6 +399,7 @@ class TransformersBackend:
     def _forward(self, rows: Rows, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Append ``ids`` (real where ``new`` is 1) to the rows' cache; return the float32 logits
         after the last column. Positions count real tokens, so padding does not shift them."""
+        self._runs += 1
         rows.mask = torch.cat([rows.mask, new], dim=1)
         positions = (rows.mask.cumsum(1) - 1).clamp(min=0)[:, -ids.shape[1] :]
         kwargs: dict[str, Any] = {self._cache_arg: rows.cache}  # updated in place

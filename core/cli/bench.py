@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..bench import BENCH_PROMPTS, constraint_markdown, constraint_overhead, markdown, run_bench
-from ..sampler import PowerSampler
+from ..backends.base import TextBackend
+from ..bench import (
+    BENCH_PROMPTS,
+    constraint_markdown,
+    constraint_overhead,
+    markdown,
+    run_bench,
+    token_prompts,
+)
+from ..random_models import is_random
+from ..sampler import PowerSampler, Prompt
 from .common import (
     ModelLoadError,
     UsageError,
@@ -34,6 +43,24 @@ def add_parser(subparsers: Any) -> None:
         "--samples", type=int, default=1, help="generations per prompt, each with its own seed"
     )
     parser.add_argument("--no-options", action="store_true", help="skip the power options")
+    parser.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="the model's end tokens end nothing: every method runs to max_new_tokens (speed "
+        "runs at equal length; always on for random:<architecture> models)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 for random:tiny, whose steps are too small to share "
+        "out, torch's default otherwise)",
+    )
+    parser.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="skip replaying the power sampler's calls through model.generate (the efficiency)",
+    )
     parser.add_argument("--json-out", help="also write the JSON report to this file")
     parser.add_argument(
         "--constraint",
@@ -54,13 +81,32 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=_cmd_bench, preset="cpu")
 
 
+PAPER_MCMC_STEPS = 10
+"""Metropolis-Hastings steps per block of the MCMC baseline in every bench run (Karan & Du's
+setting), unless ``--mcmc-steps`` is given: a shorter chain would be a weaker baseline."""
+
+
 def _cmd_bench(args: Any) -> int:
     config = config_from_args(args)
     if not 1 <= args.prompts <= len(BENCH_PROMPTS):
         raise UsageError(f"--prompts must be between 1 and {len(BENCH_PROMPTS)}")
     if args.samples < 1:
         raise UsageError(f"--samples {args.samples} is invalid: use an integer >= 1")
+    if "mcmc_steps" not in args:  # the baseline is the paper's chain, whatever the preset
+        config = config.replace(mcmc_steps=PAPER_MCMC_STEPS)
+    threads = args.threads
+    if threads is None and args.model == "random:tiny":
+        threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads {threads} is invalid: use an integer >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
     backend = load_vllm_backend(args) if args.backend == "vllm" else load_backend(args)
+    prompts: list[Prompt] = list(BENCH_PROMPTS[: args.prompts])
+    if not isinstance(backend, TextBackend):  # e.g. random:<architecture>: no tokenizer
+        prompts = list(token_prompts(backend, args.prompts))
     sampler = PowerSampler(backend, config.replace(method="power"))
     if args.constraint:
         report = constraint_overhead(
@@ -75,7 +121,12 @@ def _cmd_bench(args: Any) -> int:
                 json.dump(report, f, indent=2)
         return 0
     report = run_bench(
-        sampler, BENCH_PROMPTS[: args.prompts], samples=args.samples, options=not args.no_options
+        sampler,
+        prompts,
+        samples=args.samples,
+        options=not args.no_options,
+        ignore_eos=args.ignore_eos or is_random(args.model),
+        replay=not args.no_replay,
     )
     print(markdown(report))
     if args.json_out:

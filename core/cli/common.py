@@ -64,7 +64,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="NAME_OR_PATH",
-        help=f"transformers model id or local folder (default: {DEFAULT_MODEL_HELP})",
+        help="transformers model id, local folder, or random:<architecture> (a randomly "
+        "initialised model built in code, e.g. random:tiny, random:qwen2.5-7b; default: "
+        f"{DEFAULT_MODEL_HELP})",
     )
     group.add_argument(
         "--device",

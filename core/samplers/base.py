@@ -127,11 +127,21 @@ class Sampler(ABC):
             **constraint_kwargs(requests),
         )
         drawn = [sum(len(c.token_ids) for c in row) for row in out.continuations]
-        self._charge([state for state, _ in requests], drawn, out.forward_tokens, kind=kind)
+        # A backend that does not count its model runs: one prefill plus one step per token of
+        # the longest continuation.
+        steps = out.sequential_steps or 1 + max(
+            (len(c.token_ids) for row in out.continuations for c in row), default=0
+        )
+        self._charge([state for state, _ in requests], drawn, out.forward_tokens, steps, kind)
         return out.continuations
 
     def _charge(
-        self, states: Sequence[SequenceState], drawn: Sequence[int], forward: int, kind: str
+        self,
+        states: Sequence[SequenceState],
+        drawn: Sequence[int],
+        forward: int,
+        steps: int,
+        kind: str,
     ) -> None:
         per_state: dict[SequenceState, int] = {}
         for state, count in zip(states, drawn, strict=True):
@@ -140,6 +150,7 @@ class Sampler(ABC):
         for state, mine in per_state.items():
             state.stats.backend_calls += 1
             state.stats.forward_tokens += round(forward * mine / total)
+            state.stats.sequential_steps += steps  # every prompt in the call waits for all of it
             if kind == "rollout":
                 state.stats.rollout_tokens += mine
             else:

@@ -215,6 +215,7 @@ class ScalablePowerSampler(Sampler):
         for state in active:
             state.stats.backend_calls += 1
             state.stats.forward_tokens += round(out.forward_tokens / len(active))
+            state.stats.sequential_steps += out.sequential_steps or 1
         vocab, alpha = self.backend.vocab_size, self.config.alpha
         return [
             (
