@@ -226,6 +226,10 @@ def run_bench(
             ("power+adaptive", {**paper, "adaptive_tolerance": tolerance}),
             ("power+reuse", {**paper, "reuse_rollouts": True}),
         ]
+        if cfg.rollout_length == cfg.block_size and cfg.top_k <= cfg.num_rollouts:
+            # The reuse fast path: L = M, so the chosen block's rollouts are every candidate.
+            fast = {**paper, "reuse_rollouts": True, "num_candidates": cfg.num_rollouts}
+            methods.append(("power+fast", fast))
     recorder = RecordingBackend(sampler.backend)
     results = {}
     for name, overrides in methods:
@@ -243,8 +247,8 @@ def run_bench(
         "sequential_steps_ratio_mcmc_vs_power": steps_ratio(mcmc, power),
         "sequential_steps_ratio_power_vs_standard": steps_ratio(power, standard),
         "expected_sequential_steps": {
-            name: expected_sequential_steps(cfg, name, cfg.max_new_tokens)
-            for name in ("standard", "power", "mcmc")
+            name: expected_sequential_steps(cfg.replace(**overrides), name, cfg.max_new_tokens)
+            for name, overrides in methods[:3]
         }
         if cfg.block_size > 1
         else None,
@@ -271,7 +275,7 @@ def run_bench(
                 "loglik_delta_stderr": (results[name].loglik_stderr ** 2 + power.loglik_stderr**2)
                 ** 0.5,
             }
-            for name in ("power+adaptive", "power+reuse")
+            for name, _ in methods[3:]
         }
     if replay and hasattr(sampler.backend, "model"):
         seconds, tokens = replay_with_generate(sampler.backend, recorder.calls)
@@ -301,14 +305,25 @@ def expected_sequential_steps(config: PowerSamplingConfig, method: str, tokens: 
     and each of its N proposals regenerates from a uniform cut: (length + 1) / 2 runs on
     average, the length growing by B per block. Exact for standard and power, the expectation
     for MCMC.
+
+    The reuse fast path (``reuse_rollouts`` with L <= M and H = B): after the first block the
+    chosen block's kept rollout rows are the next candidates, so a step is its rollout call
+    alone (H steps, the last token run to keep the rows), and the last block none at all.
     """
     b, h, n = config.block_size, config.rollout_length, -(-tokens // config.block_size)
     if method in ("standard", "low_temperature"):
         return tokens + 1.0
     if method == "power":
-        if b == 1:
-            raise ValueError("expected_sequential_steps covers block mode (block_size > 1)")
-        return n * b + 1.0 + sum(min(h, tokens - k * b) - 1 for k in range(1, n))
+        if b == 1 or config.adaptive_tolerance > 0:
+            raise ValueError(
+                "expected_sequential_steps covers block mode (block_size > 1) without the "
+                "adaptive budget"
+            )
+        if not config.reuse_rollouts:
+            return n * b + 1.0 + sum(min(h, tokens - k * b) - 1 for k in range(1, n))
+        if config.num_candidates <= config.num_rollouts and h == b:
+            return b + 1.0 + sum(min(h, tokens - k * b) for k in range(1, n))
+        raise ValueError("with reuse_rollouts, expected_sequential_steps needs L <= M and H = B")
     if method == "mcmc":
         lengths = [min(k * b, tokens) for k in range(1, n + 1)]
         grow = sum(length - k * b + b for k, length in enumerate(lengths, start=1))

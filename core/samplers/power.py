@@ -163,6 +163,9 @@ class ScalablePowerSampler(Sampler):
             [d.horizons[j] for d, j in owners],
             rng=rng,
             stop=stop,
+            # Reused rollouts are next step's candidates: kept, their rollouts need no prefill
+            # (with H = B, each candidate is a kept rollout row itself).
+            keep_cache=self.config.reuse_rollouts,
             kind="rollout",
         )
         for (d, j), row in zip(owners, rows, strict=True):

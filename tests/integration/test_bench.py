@@ -33,7 +33,8 @@ def report() -> dict:
 
 
 def test_report_has_every_measurement(report: dict) -> None:
-    assert set(report["methods"]) == {"standard", "power", "mcmc", "power+adaptive", "power+reuse"}
+    options = {"power+adaptive", "power+reuse", "power+fast"}
+    assert set(report["methods"]) == {"standard", "power", "mcmc", *options}
     for result in report["methods"].values():
         assert result["prompts"] == 2 and result["samples"] == 2
         assert result["wall_time_per_prompt"] > 0 and result["wall_time_per_token"] > 0
@@ -50,6 +51,8 @@ def test_report_has_every_measurement(report: dict) -> None:
     assert not settings["power+adaptive"]["reuse_rollouts"]
     assert settings["power+reuse"]["reuse_rollouts"]
     assert settings["power+reuse"]["adaptive_tolerance"] == 0
+    assert settings["power+fast"]["reuse_rollouts"]
+    assert settings["power+fast"]["num_candidates"] == FAST["num_rollouts"]
     for key in (
         "speedup_vs_mcmc",
         "speedup_vs_mcmc_per_token",

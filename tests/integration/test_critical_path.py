@@ -13,7 +13,12 @@ import pytest
 
 from power_sampling import PowerSampler, PowerSamplingConfig
 from power_sampling.backends import IgnoreEOS, StopCondition, TableLM, TextBackend
-from power_sampling.bench import expected_sequential_steps, run_bench, token_prompts
+from power_sampling.bench import (
+    RecordingBackend,
+    expected_sequential_steps,
+    run_bench,
+    token_prompts,
+)
 from power_sampling.random_models import ARCHITECTURES, random_backend
 
 SMALL = dict(
@@ -130,3 +135,41 @@ def test_bench_command_on_a_random_model(tmp_path: Path) -> None:
     assert report["settings"]["mcmc_steps"] == 10  # the paper's chain unless --mcmc-steps
     assert report["sequential_steps_ratio_mcmc_vs_power"] > 1
     assert "efficiency" not in report
+
+
+def test_the_reuse_fast_path_is_one_rollout_phase_per_block(tiny) -> None:  # type: ignore[no-untyped-def]
+    # L = M: after the first block the chosen block's kept rollouts are all the candidates.
+    config = PowerSamplingConfig(**{**SMALL, "num_candidates": 2, "reuse_rollouts": True})
+    recorder = RecordingBackend(IgnoreEOS(tiny))
+    out = PowerSampler(recorder, config).generate(token_prompts(tiny, 1)[0], seed=0)
+    assert len(out.token_ids) == SMALL["max_new_tokens"]
+    # One candidate call (the first block), one rollout call per later block but the last.
+    assert len(recorder.calls) == 1 + 2
+    assert out.stats.sequential_steps == expected_sequential_steps(config, "power", 12) == 13
+    paper = PowerSamplingConfig(**SMALL)
+    assert expected_sequential_steps(paper, "power", 12) == 19  # candidates + rollouts
+
+
+def test_the_prepared_gpu_script_runs_on_a_cpu(tmp_path: Path) -> None:
+    script = Path(__file__).parents[1] / "gpu" / "paper_bench.py"
+    small = {**SMALL, "num_candidates": 4}
+    sets = [f"--set={k}={v}" for k, v in small.items() if k != "max_new_tokens"]
+    out = tmp_path / "gpu.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", "random:tiny", "--device", "cpu",
+         "--tokens", "12", "--batch", "2", "--json-out", str(out), *sets],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    rows = {(r["method"], r["prompts"]): r for r in report["rows"]}
+    assert set(rows) == {(m, b) for m in ("standard", "power", "power+fast") for b in (1, 2)} | {
+        ("mcmc", 1)
+    }
+    for (method, _), row in rows.items():
+        assert row["completion_tokens"] == 12 * row["prompts"]
+        if method != "mcmc":
+            assert row["sequential_steps"] == row["expected_steps"]
+    assert rows[("power+fast", 1)]["steps_at_3072"] == 3073  # = standard decoding's
+    assert "mcmc / power: sequential_steps" in report["ratios"]["batch 1"]
+    assert "| power+fast | 2 |" in result.stdout
