@@ -342,6 +342,86 @@ class GPQA(Task):
         return () if chat else ("\n\nAnswer the following",)
 
 
+class Arithmetic(Task):
+    """Generated arithmetic with exact integer answers: short outputs a small model half solves.
+
+    The problems are one fixed list, the same for every run (generated with
+    ``random.Random(ARITHMETIC_SEED)``, independent of the run seed), cycling through three
+    kinds: ``a + b`` (a in 10..99, b in 2..9), ``a - b`` (a in 10..99, b in 2..9) and ``a * b``
+    (a, b in 2..9). The raw prompt (``chat=False``) is three worked examples, one per line, then
+    ``"<a> <op> <b> ="``: the model writes the number and the line ends it. The chat prompt asks
+    the same in turns. Graded by the first integer of the completion against the answer.
+    ``data_path`` reads ``{"question": "12 + 5", "answer": "17"}`` JSON lines instead.
+    """
+
+    name = "arithmetic"
+    data_file = ""
+    size = 1000
+    shots = (("23 + 5", "28"), ("41 - 6", "35"), ("6 * 7", "42"))
+
+    def load(self, limit: int | None = None) -> list[Problem]:
+        if self.data_path is not None:
+            return super().load(limit)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if self._problems is None:
+            self._problems = arithmetic_problems(self.size)
+        return list(self._problems[:limit])
+
+    def _read(self, path: Path) -> list[Problem]:
+        return [
+            Problem(f"arithmetic/{i}", str(r["question"]), str(r["answer"]))
+            for i, r in enumerate(read_jsonl(path, ("question", "answer")))
+        ]
+
+    def build_prompt(self, problem: Problem, chat: bool) -> Prompt:
+        if not chat:
+            lines = [f"{q} = {a}" for q, a in self.shots]
+            return "\n".join([*lines, f"{problem.question} ="])
+        messages: Messages = []
+        for q, a in self.shots:
+            messages += [
+                {"role": "user", "content": f"{q} = ? Reply with the number only."},
+                {"role": "assistant", "content": a},
+            ]
+        messages += _user(f"{problem.question} = ? Reply with the number only.")
+        return messages
+
+    def grade(self, problem: Problem, completion: str, *, chat: bool = True) -> GradeResult:
+        found = re.search(r"-?\d+", completion)
+        if found is None:
+            return GradeResult(False, None, "no integer in the completion")
+        value = found.group(0)
+        return GradeResult(
+            int(value) == int(problem.reference),
+            value,
+            "" if int(value) == int(problem.reference) else f"expected {problem.reference}",
+        )
+
+    def stop_sequences(self, chat: bool) -> tuple[str, ...]:
+        return () if chat else ("\n",)
+
+
+ARITHMETIC_SEED = 15
+"""Seed of the generated arithmetic problem list (fixed: one benchmark for every run)."""
+
+
+def arithmetic_problems(count: int, seed: int = ARITHMETIC_SEED) -> list[Problem]:
+    """The first ``count`` generated problems (see :class:`Arithmetic`)."""
+    rng = random.Random(seed)
+    problems = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 2:
+            a, b = rng.randint(2, 9), rng.randint(2, 9)
+            question, answer = f"{a} * {b}", a * b
+        else:
+            a, b = rng.randint(10, 99), rng.randint(2, 9)
+            question, answer = (f"{a} + {b}", a + b) if kind == 0 else (f"{a} - {b}", a - b)
+        problems.append(Problem(f"arithmetic/{i}", question, str(answer), {"kind": kind}))
+    return problems
+
+
 def choice_seed(run_seed: int, problem_id: str) -> int:
     """A 64-bit seed from the run seed and a problem id, stable across Python processes.
 
@@ -351,7 +431,9 @@ def choice_seed(run_seed: int, problem_id: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (GSM8K, MATH500, HumanEval, MBPP, GPQA)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (GSM8K, MATH500, HumanEval, MBPP, GPQA, Arithmetic)
+}
 
 
 def get_task(name: str, *, data_path: str | Path | None = None, seed: int = 0) -> Task:
