@@ -166,7 +166,7 @@ class PowerSamplingConfig(BaseModel):
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> PowerSamplingConfig:
-        """A named preset (``paper`` or ``cpu``) with ``overrides`` applied on top."""
+        """A named preset (``paper``, ``paper-fast`` or ``cpu``) with ``overrides`` on top."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
@@ -202,6 +202,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         best_of=8,
     ),
 }
+# The reuse fast path at the paper's settings: L = M = 8, so after the first block the chosen
+# block's kept rollouts are every candidate and a block costs one rollout phase (H steps, no
+# candidate call): the critical path of standard decoding (README, "Critical path").
+PRESETS["paper-fast"] = dict(PRESETS["paper"], num_candidates=8, reuse_rollouts=True)
 
 
 def check_integer(field: str, value: Any) -> int:

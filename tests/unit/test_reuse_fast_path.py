@@ -45,3 +45,14 @@ def test_the_fast_path_samples_pi_without_candidate_calls_after_the_first_block(
     empirical = {x: c / RUNS for x, c in counts.items()}
     bound = 3 * 0.5 * sum(np.sqrt(q * (1 - q) / RUNS) for q in pi.values()) + 0.01
     assert total_variation(empirical, pi) < bound
+
+
+def test_the_paper_fast_preset_has_the_critical_path_of_standard_decoding() -> None:
+    from power_sampling.bench import expected_sequential_steps
+
+    fast = PowerSamplingConfig.preset("paper-fast")
+    paper = PowerSamplingConfig.preset("paper")
+    assert fast.replace(num_candidates=32, reuse_rollouts=False) == paper
+    fast_steps = expected_sequential_steps(fast, "power", 3072)
+    assert fast_steps == expected_sequential_steps(paper, "standard", 3072) == 3073
+    assert expected_sequential_steps(paper, "power", 3072) == 5938
