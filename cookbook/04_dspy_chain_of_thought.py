@@ -77,16 +77,8 @@ def main() -> dict[str, int]:
     lms = {
         # The baseline: the same engine with method="standard" samples the base model at T = 1.
         "standard": power_lm(backend=backend, method="standard", max_new_tokens=MAX_NEW_TOKENS),
-        # Power sampling: the "cpu" preset's small budgets (block_size = rollout_length = 16,
-        # top_k = num_rollouts = 4), with alpha and the rollout budget set explicitly.
-        "power": power_lm(
-            backend=backend,
-            config="cpu",
-            alpha=4,
-            num_rollouts=4,
-            rollout_length=16,
-            max_new_tokens=MAX_NEW_TOKENS,
-        ),
+        # Power sampling with the "cpu" preset's small budgets (PowerSamplingConfig.preset("cpu")).
+        "power": power_lm(backend=backend, preset="cpu", max_new_tokens=MAX_NEW_TOKENS),
     }
     problems = get_task("gsm8k").load(limit=NUM_QUESTIONS)
     examples = [dspy.Example(question=p.question).with_inputs("question") for p in problems]

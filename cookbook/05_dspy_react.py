@@ -56,14 +56,13 @@ def calculator(expression: str) -> float:
 
 
 def make_lm() -> dspy.LM:
-    settings = dict(alpha=4.0, top_k=4, num_rollouts=4, rollout_length=16, block_size=16)
     if not TINY:
-        return power_lm(num_candidates=8, max_new_tokens=96, **settings)  # SmolLM2-135M
+        return power_lm(preset="cpu", max_new_tokens=96)  # SmolLM2-135M, the "cpu" budgets
     from power_sampling.backends import TransformersBackend
     from power_sampling.testing import tiny_chat_model
 
     backend = TransformersBackend.from_transformers(*tiny_chat_model(seed=0))
-    return power_lm(backend=backend, num_candidates=8, max_new_tokens=24, **settings)
+    return power_lm(backend=backend, preset="cpu", max_new_tokens=24)
 
 
 def make_agent() -> dspy.ReAct:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from .config import PowerSamplingConfig
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -77,6 +79,8 @@ class Generation:
     trace: list[StepTrace] | None = None
     """Per-step diagnostics, when requested with ``trace=True``."""
     prompt_token_ids: list[int] = field(default_factory=list)
+    config: PowerSamplingConfig | None = None
+    """The settings that produced this generation (seed and token budget included)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -297,10 +297,11 @@ def load_default(
     ``device`` and ``dtype`` are as in :func:`load_default_pretrained`; ``backend_kwargs`` go to
     ``TransformersBackend.from_transformers``.
     """
-    from power_sampling.backends.transformers import TransformersBackend
+    from power_sampling.backends import load_transformers_backend
 
+    backend_class = load_transformers_backend()  # a clear error without the [hf] extra
     model, tokenizer = load_default_pretrained(device=device, dtype=dtype)
-    return TransformersBackend.from_transformers(model, tokenizer, **backend_kwargs)
+    return backend_class.from_transformers(model, tokenizer, **backend_kwargs)
 
 
 def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
@@ -323,9 +324,9 @@ def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
 
         return random_backend(model, **backend_kwargs)
     if isinstance(model, str | os.PathLike):
-        from power_sampling.backends.transformers import TransformersBackend
+        from power_sampling.backends import load_transformers_backend
 
-        return TransformersBackend.from_pretrained(os.fspath(model), **backend_kwargs)
+        return load_transformers_backend().from_pretrained(os.fspath(model), **backend_kwargs)
     if backend_kwargs:
         raise TypeError(
             f"resolve_model got an existing backend ({type(model).__name__}) and options "

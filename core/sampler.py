@@ -1,14 +1,17 @@
 """``PowerSampler``: the public entry point over any backend.
 
-Prompts may be text, chat messages or token ids. Everything is built on one streaming iterator
-(``_run``) that advances a batch of prompts together and reports committed tokens as decided.
+Prompts may be text, chat messages or token ids. Every call becomes a
+:class:`~power_sampling.request.Request`, and everything is built on one streaming iterator
+(:meth:`PowerSampler.run`) that advances a batch of requests together and reports committed tokens
+as decided.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,13 +20,13 @@ from .backends.base import Backend, StopCondition, TextBackend
 from .config import PowerSamplingConfig
 from .constraints import Constraint, ConstraintCursor
 from .generation import Chunk, Generation
+from .request import Prompt, Request, check_prompt, resolve_settings
 from .samplers import SequenceState, make_sampler
 from .text import StopStringTracker
 
 logger = logging.getLogger(__name__)
 
-Message = Mapping[str, Any]
-Prompt = str | Sequence[Message] | Sequence[int]
+__all__ = ["PowerSampler", "Prompt", "Request"]
 
 
 class PowerSampler:
@@ -34,8 +37,9 @@ class PowerSampler:
 
     ``backend`` is a :class:`~power_sampling.backends.base.Backend`, or a model name / local path
     loaded with transformers (``None`` = the embedded default model). Keyword ``overrides``
-    change single config fields. The sampler holds no per-call state: calls from several threads
-    are safe when the backend is (the transformers backend is).
+    change single config fields (an unknown name is an error naming the closest field). The
+    sampler holds no per-call state: calls from several threads are safe when the backend is
+    (the transformers backend is).
     """
 
     def __init__(
@@ -54,10 +58,40 @@ class PowerSampler:
                 "pass a model name/path or e.g. TransformersBackend.from_transformers(model, tok)"
             )
         self.backend: Backend = backend
-        config = config or PowerSamplingConfig()
-        self.config = config.replace(**overrides) if overrides else config
+        self.config = resolve_settings(config or PowerSamplingConfig(), overrides)
 
     # -- public API --------------------------------------------------------------------------
+
+    def request(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        *,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        trace: bool = False,
+        constraint: Constraint | None = None,
+        **settings: Any,
+    ) -> Request:
+        """``prompt`` and this call's options resolved into one :class:`Request`.
+
+        ``max_new_tokens`` (alias ``max_tokens``), ``seed`` and ``settings`` (config fields)
+        override the sampler's config for this request; ``stop`` strings (cut from the text) and
+        ``stop_token_ids`` end it besides the model's own end tokens; ``trace`` records per-step
+        diagnostics; ``constraint`` (a :class:`~power_sampling.constraints.Constraint`) restricts
+        the output to the valid ones, each method with its own target (README, "Constrained
+        outputs"). Invalid values raise ``ValueError`` naming the field and the fix.
+        """
+        changes = {**settings, "max_new_tokens": max_new_tokens, "seed": seed}
+        return Request(
+            prompt,
+            resolve_settings(self.config, changes),
+            tuple(stop or ()),
+            tuple(stop_token_ids or ()),
+            trace,
+            constraint,
+        )
 
     def generate(
         self,
@@ -69,19 +103,20 @@ class PowerSampler:
         seed: int | None = None,
         trace: bool = False,
         constraint: Constraint | None = None,
-        **overrides: Any,
+        **settings: Any,
     ) -> Generation:
-        """Generate one completion of ``prompt``. See :meth:`generate_batch` for the arguments."""
-        return self.generate_batch(
-            [prompt],
+        """Generate one completion of ``prompt``. The options are those of :meth:`request`."""
+        request = self.request(
+            prompt,
             max_new_tokens,
             stop_token_ids,
             stop=stop,
             seed=seed,
             trace=trace,
             constraint=constraint,
-            **overrides,
-        )[0]
+            **settings,
+        )
+        return self.run_batch([request])[0]
 
     def generate_batch(
         self,
@@ -93,25 +128,23 @@ class PowerSampler:
         seed: int | None = None,
         trace: bool = False,
         constraint: Constraint | None = None,
-        **overrides: Any,
+        **settings: Any,
     ) -> list[Generation]:
         """Generate a completion for every prompt, batched: each decision step makes one backend
-        call for all prompts' candidates and one for all their rollouts.
-
-        ``max_new_tokens`` overrides ``config.max_new_tokens``; ``stop_token_ids`` and ``stop``
-        (strings, not included in the text) end generations besides the model's own end tokens;
-        ``seed`` overrides ``config.seed`` for this call; ``trace`` records per-step diagnostics
-        in ``Generation.trace``; ``constraint`` (a :class:`~power_sampling.constraints.Constraint`)
-        restricts every output to the valid ones, each method with its own target (README,
-        "Constrained outputs"); ``overrides`` change config fields for this call only.
-        """
-        results: list[Generation | None] = [None] * len(prompts)
-        for index, chunk in self._run(
-            prompts, max_new_tokens, stop_token_ids, stop, seed, trace, overrides, constraint
-        ):
-            if chunk.generation is not None:
-                results[index] = chunk.generation
-        return [g for g in results if g is not None]
+        call for all prompts' candidates and one for all their rollouts. The options are those of
+        :meth:`request`, shared by every prompt. With a seed the batch is reproducible as a
+        batch: the same prompts give the same outputs, which differ from one-at-a-time calls."""
+        first = self.request(
+            "",
+            max_new_tokens,
+            stop_token_ids,
+            stop=stop,
+            seed=seed,
+            trace=trace,
+            constraint=constraint,
+            **settings,
+        )
+        return self.run_batch([replace(first, prompt=p) for p in _prompt_list(prompts)])
 
     def stream(
         self,
@@ -123,69 +156,84 @@ class PowerSampler:
         seed: int | None = None,
         trace: bool = False,
         constraint: Constraint | None = None,
-        **overrides: Any,
+        **settings: Any,
     ) -> Iterator[Chunk]:
         """Yield committed pieces as they are decided (never rollout text). The ``text`` deltas
         join to ``Generation.text``; the last chunk carries the whole ``Generation``."""
-        for _, chunk in self._run(
-            [prompt], max_new_tokens, stop_token_ids, stop, seed, trace, overrides, constraint
-        ):
+        request = self.request(
+            prompt,
+            max_new_tokens,
+            stop_token_ids,
+            stop=stop,
+            seed=seed,
+            trace=trace,
+            constraint=constraint,
+            **settings,
+        )
+        for _, chunk in self.run([request]):
             yield chunk
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Generation]:
+        """The finished generations of :meth:`run`, in order."""
+        results: list[Generation | None] = [None] * len(requests)
+        for index, chunk in self.run(requests):
+            if chunk.generation is not None:
+                results[index] = chunk.generation
+        return [g for g in results if g is not None]
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a text prompt, chat messages (rendered with the model's chat template,
         generation prompt added) or token ids (returned as they are)."""
+        check_prompt(prompt)
         if isinstance(prompt, str):
             return self._text_backend("a text prompt").encode(prompt, add_special_tokens=True)
-        items: list[Any] = list(prompt) if isinstance(prompt, Sequence) else [None]
+        items: list[Any] = list(prompt)
         if items and all(isinstance(m, Mapping) for m in items):
             return self._text_backend("chat messages").apply_chat_template(items)
-        if all(isinstance(t, int | np.integer) for t in items):
-            return [int(t) for t in items]
-        raise TypeError(
-            "prompt must be a string, a list of chat messages ({'role': ..., 'content': ...}) "
-            f"or a list of token ids; got {type(prompt).__name__}"
-        )
+        return [int(t) for t in items]
 
     # -- the one iterator everything is built on --------------------------------------------
 
-    def _run(
-        self,
-        prompts: Sequence[Prompt],
-        max_new_tokens: int | None,
-        stop_token_ids: Sequence[int] | None,
-        stop_strings: Sequence[str] | None,
-        seed: int | None,
-        trace: bool,
-        overrides: Mapping[str, Any],
-        constraint: Constraint | None = None,
+    def run(
+        self, requests: Sequence[Request], cancelled: Callable[[int], bool] | None = None
     ) -> Iterator[tuple[int, Chunk]]:
-        config = self.config.replace(**overrides) if overrides else self.config
-        limit = config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if limit < 1:
-            raise ValueError(f"max_new_tokens={limit} is invalid: use an integer >= 1")
+        """Advance ``requests`` together, yielding ``(index, chunk)`` as tokens are committed;
+        each request's last chunk carries its ``Generation``.
+
+        The requests must share their settings (:attr:`Request.batch_key`); their prompts may
+        differ. ``cancelled(index)`` is asked after every step: a cancelled request stops there,
+        frees its place in the batch and yields nothing more.
+        """
+        if not requests:
+            return
+        if len({r.batch_key for r in requests}) > 1:
+            raise ValueError(
+                "requests run together must share their settings, stop and trace; "
+                "group them by Request.batch_key"
+            )
+        first = requests[0]
+        config = first.config
+        _warn_heavy_on_cpu(self.backend, config)
         stop = self.backend.stop | StopCondition(
-            frozenset(int(t) for t in stop_token_ids or ()), tuple(stop_strings or ())
+            frozenset(int(t) for t in first.stop_token_ids), first.stop
         )
-        if any(not s for s in stop.strings):
-            raise ValueError("stop strings must be non-empty; remove the empty string")
-        encoded = [self.encode_prompt(p) for p in prompts]
+        encoded = [self.encode_prompt(r.prompt) for r in requests]
         states = [
-            SequenceState(tuple(ids), self._fit_context(ids, limit), trace=[] if trace else None)
+            SequenceState(
+                tuple(ids),
+                self._fit_context(ids, config.max_new_tokens),
+                trace=[] if first.trace else None,
+            )
             for ids in encoded
         ]
-        if constraint is not None:
-            if not isinstance(constraint, Constraint):
-                raise TypeError(
-                    f"constraint must be a power_sampling.constraints.Constraint, got "
-                    f"{type(constraint).__name__}; e.g. Constraint.json_schema(schema)"
-                )
+        if first.constraint is not None:
             for state in states:
-                root = constraint.matcher(self.backend, stop.token_ids)
-                state.constraint = ConstraintCursor(root)
+                state.constraint = ConstraintCursor(
+                    first.constraint.matcher(self.backend, stop.token_ids)
+                )
         decode = self.backend.decode if isinstance(self.backend, TextBackend) else None
         trackers = [StopStringTracker(decode, stop.strings) for _ in states]
-        rng = np.random.default_rng(config.seed if seed is None else seed)
+        rng = np.random.default_rng(config.seed)
         start = time.perf_counter()
         pending = set(range(len(states)))
         position = {state: i for i, state in enumerate(states)}
@@ -198,11 +246,21 @@ class PowerSampler:
                     state.finished = True
                 if tokens or delta:
                     yield index, Chunk(tokens, delta)
-            for index in sorted(i for i in pending if states[i].done):
-                pending.discard(index)
-                yield index, self._final_chunk(states[index], trackers[index], start)
+            for index in sorted(pending):
+                if cancelled is not None and cancelled(index):
+                    states[index].finished = True  # out of the batch from the next step on
+                    pending.discard(index)
+                elif states[index].done:
+                    pending.discard(index)
+                    yield index, self._final_chunk(states[index], trackers[index], start, config)
 
-    def _final_chunk(self, state: SequenceState, tracker: StopStringTracker, start: float) -> Chunk:
+    def _final_chunk(
+        self,
+        state: SequenceState,
+        tracker: StopStringTracker,
+        start: float,
+        config: PowerSamplingConfig,
+    ) -> Chunk:
         state.stats.prompt_tokens = len(state.prompt)
         state.stats.completion_tokens = len(state.tokens)
         state.stats.wall_time = time.perf_counter() - start
@@ -215,8 +273,13 @@ class PowerSampler:
             text=tracker.text,
             trace=state.trace,
             prompt_token_ids=list(state.prompt),
+            config=config,
         )
         return Chunk((), rest, generation)
+
+    def check_fits(self, prompt_ids: Sequence[int]) -> None:
+        """Raise ``ValueError`` when the prompt leaves no room in the model's context."""
+        self._fit_context(prompt_ids, 1)
 
     def _fit_context(self, prompt_ids: Sequence[int], limit: int) -> int:
         """The token budget that fits the model's context, or a clear error."""
@@ -247,3 +310,35 @@ class PowerSampler:
                 "pass token ids, or use a backend with a tokenizer (e.g. TransformersBackend)"
             )
         return self.backend
+
+
+_HEAVY_ROLLOUTS = 4096  # rollout tokens per step (K·M·H) beyond which a CPU takes minutes
+_warned_heavy = False
+
+
+def _warn_heavy_on_cpu(backend: Backend, config: PowerSamplingConfig) -> None:
+    """Say once per process when large power-sampling budgets run on a CPU, and what to use."""
+    global _warned_heavy
+    device = getattr(backend, "device", None)
+    per_step = config.top_k * config.num_rollouts * config.rollout_length
+    if _warned_heavy or config.method != "power" or str(device) != "cpu":
+        return
+    if per_step >= _HEAVY_ROLLOUTS:
+        _warned_heavy = True
+        logger.warning(
+            "power sampling with K=%d candidates x M=%d rollouts x H=%d tokens per step runs "
+            "on the CPU: expect minutes per answer. preset='cpu' (or --preset cpu) uses small "
+            "budgets that answer in seconds.",
+            config.top_k,
+            config.num_rollouts,
+            config.rollout_length,
+        )
+
+
+def _prompt_list(prompts: Sequence[Prompt]) -> list[Prompt]:
+    """A batch of prompts; a lone string or token-id list is a mistake worth naming."""
+    if isinstance(prompts, str | bytes) or (
+        isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int | np.integer)
+    ):
+        raise TypeError("generate_batch takes a list of prompts; for one prompt use generate")
+    return list(prompts)

@@ -3,10 +3,11 @@
     import dspy
     from power_sampling.integrations.dspy import power_lm
 
-    dspy.configure(lm=power_lm(alpha=4, num_rollouts=8))   # the embedded SmolLM2-135M-Instruct
+    dspy.configure(lm=power_lm(preset="cpu"))   # the embedded SmolLM2-135M-Instruct
 
-``power_lm`` returns an ordinary ``dspy.LM`` whose engine (DSPy 3.4's supported route for custom
-LMs) runs a :class:`~power_sampling.PowerSampler`. The engine only translates:
+``power_lm`` returns a :class:`PowerLM`, a ``dspy.LM`` whose engine (DSPy 3.4's supported route
+for custom LMs) translates DSPy requests into :class:`~power_sampling.request.Request` objects
+for the model's shared :class:`~power_sampling.scheduler.Scheduler`:
 
 - ``Request.system`` and ``Request.messages`` become chat messages for the tokenizer's template;
   ``max_tokens`` -> ``max_new_tokens``, ``stop`` -> stop strings, ``seed`` -> the sampler seed.
@@ -14,28 +15,25 @@ LMs) runs a :class:`~power_sampling.PowerSampler`. The engine only translates:
   None and 1.0 run the sampler as configured, 0 makes it deterministic (seed 0 unless a seed is
   set) and 0.7, the value ``dspy.Predict`` sends by itself when ``n > 1``, is accepted as "draw
   diverse samples" (which the sampler does). Any other value is refused with the fix (set alpha).
-- Per-call sampler settings travel in ``metadata={"alpha": 2, ...}`` (config field names).
+- Per-call sampler settings travel in ``metadata={"alpha": 2, ...}`` (config field names);
+  ``lm.copy(alpha=8)`` makes an LM with other settings on the same loaded model.
 - ``n > 1``: DSPy completes the same Request n times; each repeat draws with the next seed.
-- Concurrent calls (``dspy.Evaluate`` threads, ``acall``) queue to one worker thread that runs
-  requests arriving within ``batch_window`` seconds with equal settings as one ``generate_batch``.
+- Concurrent calls (``dspy.Evaluate`` threads, ``acall``) with equal settings share batched
+  sampler runs (see the scheduler).
 
 DSPy's cache key holds the model string, the messages and the call's kwargs (metadata included),
 not engine state, so the model string carries the settings: ``power/<model>@a4-k8-m8-<digest>``,
-where the digest covers the model reference and every config field.
+where the digest covers the model reference and every config field. Responses carry the model
+string of the settings that actually ran, so history names them too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import hashlib
 import json
-import queue
 import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +46,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from power_sampling.config import PowerSamplingConfig
-from power_sampling.generation import Chunk, Generation
+from power_sampling.generation import Generation
+from power_sampling.loaded import load_shared
+from power_sampling.request import Request, resolve_settings
 from power_sampling.sampler import PowerSampler
+from power_sampling.scheduler import Scheduler, scheduler_for
 
-__all__ = ["AsyncPowerEngine", "PowerEngine", "model_string", "power_lm"]
+__all__ = ["AsyncPowerEngine", "PowerEngine", "PowerLM", "model_string", "power_lm"]
 
 _SETTINGS = frozenset(PowerSamplingConfig.model_fields)
 _ACCEPTED_TEMPERATURES = (0.0, 0.7, 1.0)  # see the module docstring
 _UNSUPPORTED = ("top_p", "top_k", "frequency_penalty", "presence_penalty", "logprobs")
-_CLOSE = object()
-_IDLE_EXIT = 60.0  # seconds an idle worker thread waits before it exits
 
 
 def model_string(name: str, config: PowerSamplingConfig, model_ref: str | None = None) -> str:
@@ -69,25 +68,15 @@ def model_string(name: str, config: PowerSamplingConfig, model_ref: str | None =
     return f"power/{name}@{summary}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-@dataclass
-class _Job:
-    """One request for the worker: prompt, generate() options, and where the result goes."""
-
-    messages: list[dict[str, str]]
-    options: dict[str, Any]
-    batch_key: Any  # jobs with equal keys may share one generate_batch call
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    on_chunk: Callable[[Chunk], None] | None = None  # set for streaming jobs
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
 class PowerEngine:
     """A DSPy 3.4 engine (``complete``/``stream``/``close``) over a power sampler.
 
-    ``model`` is a model name or path (None: the embedded default), loaded on first use; or pass a
+    ``model`` is a model name or path (None: the embedded default), loaded on first use and
+    shared in the process (``device``, ``dtype``, ``model_kwargs`` as for loading); or pass a
     ``backend`` / ``sampler`` you already have. ``config`` (a ``PowerSamplingConfig`` or a preset
     name) plus ``settings`` (config fields) set the sampler. ``name`` labels the model in the
-    model string (default: the model's name).
+    model string (default: the model's name). Copies (``deepcopy``) are the engine itself, and
+    a pickled engine reloads its model by reference.
     """
 
     supported_params = frozenset({"max_tokens", "stop", "seed", "temperature"})
@@ -100,18 +89,24 @@ class PowerEngine:
         backend: Any = None,
         sampler: PowerSampler | None = None,
         name: str | None = None,
-        batch_window: float = 0.005,
-        max_batch: int = 8,
+        device: str | None = None,
+        dtype: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         if sum(x is not None for x in (model, backend, sampler)) > 1:
             raise ValueError("pass one of model=, backend= or sampler=, not several")
         base = PowerSamplingConfig.preset(config) if isinstance(config, str) else config
         base = base or (sampler.config if sampler is not None else PowerSamplingConfig())
-        self.config: PowerSamplingConfig = base.replace(**settings) if settings else base
+        self.config: PowerSamplingConfig = resolve_settings(base, settings)
         self._backend = sampler.backend if sampler is not None else backend
+        self._load: dict[str, Any] = {
+            "device": device,
+            "dtype": dtype,
+            "model_kwargs": model_kwargs,
+        }
         if model is not None:
-            self.model_ref: str | None = str(model)
+            self.model_ref: str = str(model)
         elif self._backend is not None:
             self.model_ref = getattr(self._backend, "name", None) or type(self._backend).__name__
         else:
@@ -119,12 +114,7 @@ class PowerEngine:
 
             self.model_ref = DEFAULT_MODEL
         self.name = name or Path(self.model_ref).name
-        self.batch_window, self.max_batch = batch_window, max_batch
-        same = sampler is not None and sampler.config == self.config
-        self._sampler: PowerSampler | None = sampler if same else None
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._worker: threading.Thread | None = None
-        self._lock, self._load_lock, self._run_lock = (threading.Lock() for _ in range(3))
+        self._lock = threading.Lock()
         self._repeats: dict[int, tuple[lm15.Request, int]] = {}
 
     @property
@@ -133,53 +123,46 @@ class PowerEngine:
         return model_string(self.name, self.config, self.model_ref)
 
     @property
-    def sampler(self) -> PowerSampler:
-        """The sampler, loading the model on first use."""
-        with self._load_lock:  # separate from _lock: loading takes seconds
-            if self._sampler is None:
-                if self._backend is None:
-                    from power_sampling.models import resolve_model
+    def scheduler(self) -> Scheduler:
+        """The model's shared scheduler, loading the model on first use."""
+        if self._backend is None:
+            self._backend = load_shared(self.model_ref, **self._load)
+        return scheduler_for(self._backend)
 
-                    self._backend = resolve_model(self.model_ref)
-                self._sampler = PowerSampler(self._backend, self.config)
-            return self._sampler
+    def with_settings(self, **settings: Any) -> PowerEngine:
+        """An engine with ``settings`` changed, on the same model (nothing is loaded again)."""
+        engine = PowerEngine(self.model_ref, self.config, name=self.name, **self._load, **settings)
+        engine._backend = self._backend
+        return engine
 
     # -- DSPy engine protocol ---------------------------------------------------------------
 
     def complete(self, request: lm15.Request) -> lm15.Response:
-        return self._response(request, self.submit(request).future.result())
+        ours = self._translate(request)
+        return self._response(self.scheduler.generate(ours))
 
     def stream(self, request: lm15.Request) -> Iterator[Any]:
-        chunks: queue.Queue[Any] = queue.Queue()
-        job = self.submit(request, on_chunk=chunks.put)
-        job_future = job.future
-        job_future.add_done_callback(lambda _: chunks.put(_CLOSE))
-        try:
-            yield lm15.StreamStartEvent(model=request.model)
-            while (chunk := chunks.get()) is not _CLOSE:
-                if chunk.text:
-                    yield lm15.StreamDeltaEvent(delta=lm15.TextDelta(text=chunk.text))
-            response = self._response(request, job_future.result())
-            yield lm15.StreamEndEvent(finish_reason=response.finish_reason, usage=response.usage)
-        finally:
-            job.cancelled.set()  # the consumer stopped early: the worker drops the rest
+        ours = self._translate(request)
+        yield lm15.StreamStartEvent(model=request.model)
+        final = None
+        for chunk in self.scheduler.stream(ours):
+            if chunk.text:
+                yield lm15.StreamDeltaEvent(delta=lm15.TextDelta(text=chunk.text))
+            final = chunk.generation or final
+        assert final is not None
+        response = self._response(final)
+        yield lm15.StreamEndEvent(finish_reason=response.finish_reason, usage=response.usage)
 
     def close(self) -> None:
-        """Stop the worker thread (it restarts on the next call); the model stays loaded."""
-        with self._lock:
-            worker, work, self._worker = self._worker, self._queue, None
-        if worker is not None:
-            work.put(_CLOSE)
-            worker.join()
+        """Nothing to release: the model and its worker are shared and stop when idle."""
 
     def dump_state(self) -> dict[str, Any]:
-        """Settings only (JSON): the model reference, config and batching; never weights."""
+        """Settings only (JSON): the model reference, config and loading options; never weights."""
         return {
             "model": self.model_ref,
             "name": self.name,
             "config": self.config.model_dump(),
-            "batch_window": self.batch_window,
-            "max_batch": self.max_batch,
+            **{k: v for k, v in self._load.items() if v is not None},
         }
 
     @classmethod
@@ -187,36 +170,22 @@ class PowerEngine:
         """An engine with the saved settings; the model is loaded by reference on first use.
         Equal states (e.g. a saved LM's engine and async engine) share one engine."""
         key = json.dumps(state, sort_keys=True)
-        engine = _LOADED.get(key)
+        engine = _ENGINES.get(key)
         if engine is None:
+            options = {k: v for k, v in state.items() if k not in ("model", "config")}
             config = PowerSamplingConfig(**state["config"])
-            options = {k: state[k] for k in ("name", "batch_window", "max_batch") if k in state}
-            engine = _LOADED[key] = cls(state.get("model"), config, **options)
+            engine = _ENGINES[key] = cls(state.get("model"), config, **options)
         return engine
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PowerEngine:
+        return self  # immutable settings over a shared model: a copy would only load it again
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PowerEngine.load_state, (self.dump_state(),))
 
     # -- translation --------------------------------------------------------------------------
 
-    def submit(
-        self, request: lm15.Request, on_chunk: Callable[[Chunk], None] | None = None
-    ) -> _Job:
-        """Translate ``request`` and queue it for the worker; the job's future gets the result."""
-        messages, options = self._translate(request)
-        seeded = options["seed"] is not None or on_chunk is not None
-        # A seeded request runs alone: its output must not depend on what shares its batch.
-        shared = (options["max_new_tokens"], options["stop"], options["overrides"])
-        key = object() if seeded else shared
-        job = _Job(messages, options, key, on_chunk=on_chunk)
-        with self._lock:
-            if self._worker is None:
-                self._queue = queue.Queue()
-                self._worker = threading.Thread(
-                    target=self._loop, args=(self._queue,), name="power-dspy", daemon=True
-                )
-                self._worker.start()
-            self._queue.put(job)
-        return job
-
-    def _translate(self, request: lm15.Request) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    def _translate(self, request: lm15.Request) -> Request:
         cfg = request.config
         if request.tools or cfg.tool_choice is not None:
             raise _unsupported("native tool calling", "use DSPy's text tools (dspy.ReAct) instead")
@@ -226,17 +195,11 @@ class PowerEngine:
             if getattr(cfg, name) is not None:
                 raise _unsupported(name, "set sampler settings with metadata={...} instead")
         extensions = dict(cfg.extensions or {})
-        overrides = dict(extensions.pop("metadata", None) or {})
+        metadata = dict(extensions.pop("metadata", None) or {})
         if extensions:
             raise _unsupported(f"request options {sorted(extensions)}", "remove them")
-        unknown = sorted(set(overrides) - _SETTINGS)
-        if unknown:
-            raise lm15.InvalidRequestError(
-                f"metadata keys {unknown} are not power sampling settings; "
-                f"use config field names: {', '.join(sorted(_SETTINGS))}"
-            )
         try:
-            config = self.config.replace(**overrides)
+            config = resolve_settings(self.config, metadata)
         except ValueError as exc:
             raise lm15.InvalidRequestError(f"invalid sampler setting in metadata: {exc}") from exc
         temperature = cfg.temperature
@@ -254,15 +217,17 @@ class PowerEngine:
         repeat = self._repeat_count(request)
         if repeat and seed is not None:
             seed += repeat  # DSPy's n > 1 completes one Request n times: independent samples
-        for key in ("seed", "max_new_tokens"):  # passed as generate() arguments below
-            overrides.pop(key, None)
-        options = {
-            "max_new_tokens": cfg.max_tokens or config.max_new_tokens,
-            "stop": tuple(cfg.stop),
-            "seed": seed,
-            "overrides": tuple(sorted(overrides.items())),
-        }
-        return _chat_messages(request), options
+        config = resolve_settings(config, {"seed": seed, "max_new_tokens": cfg.max_tokens})
+        messages = _chat_messages(request)
+        sampler = self.scheduler.sampler
+        ids = sampler.encode_prompt(messages)
+        context = getattr(sampler.backend, "max_context", None)
+        if context is not None and len(ids) >= context:
+            raise lm15.ContextLengthError(  # on which e.g. dspy.ReAct truncates and retries
+                f"the prompt has {len(ids)} tokens but {self.name}'s context is {context}; "
+                "shorten the prompt"
+            )
+        return Request(ids, config, tuple(cfg.stop))
 
     def _repeat_count(self, request: lm15.Request) -> int:
         """How many times this very Request object was completed before (DSPy's n > 1)."""
@@ -274,132 +239,47 @@ class PowerEngine:
                 self._repeats.pop(next(iter(self._repeats)))
             return count
 
-    def _response(self, request: lm15.Request, generation: Generation) -> lm15.Response:
-        stats = generation.stats
+    def _response(self, generation: Generation) -> lm15.Response:
+        stats, config = generation.stats, generation.config or self.config
         return lm15.Response(
             id=None,
-            model=request.model,
+            model=model_string(self.name, config, self.model_ref),  # the settings that ran
             message=lm15.Message.assistant([lm15.TextPart(generation.text or "")]),
             finish_reason=generation.finish_reason,
             usage=lm15.Usage(
                 input_tokens=stats.prompt_tokens, output_tokens=stats.completion_tokens
             ),
-            provider_data={"power_sampling": stats.to_dict()},
+            provider_data={"power_sampling": {**stats.to_dict(), "settings": config.model_dump()}},
         )
 
-    # -- the worker: one thread runs every generation, batching concurrent requests ------------
 
-    def _loop(self, work: queue.Queue[Any]) -> None:
-        while True:
-            try:
-                job = work.get(timeout=_IDLE_EXIT)
-            except queue.Empty:
-                with self._lock:  # idle: exit (submit starts a new worker when needed)
-                    if work.empty() and self._worker is threading.current_thread():
-                        self._worker = None
-                        return
-                continue
-            if job is _CLOSE:
-                return
-            jobs, deadline = [job], time.monotonic() + self.batch_window
-            while len(jobs) < self.max_batch and (wait := deadline - time.monotonic()) > 0:
-                try:
-                    more = work.get(timeout=wait)
-                except queue.Empty:
-                    break
-                if more is _CLOSE:
-                    work.put(_CLOSE)  # finish what was collected, then stop
-                    break
-                jobs.append(more)
-            groups: dict[Any, list[_Job]] = {}
-            for item in jobs:
-                groups.setdefault(item.batch_key, []).append(item)
-            with self._run_lock:  # one generation at a time, even across a restarted worker
-                for group in groups.values():
-                    self._run(group)
-
-    def _run(self, jobs: list[_Job]) -> None:
-        prompts: dict[int, list[int]] = {}
-        for index, job in enumerate(jobs):  # a bad prompt fails its own request, not the batch
-            if job.future.set_running_or_notify_cancel():
-                try:
-                    prompts[index] = self._encode(job.messages)
-                except Exception as exc:
-                    job.future.set_exception(exc)
-        jobs = [jobs[i] for i in prompts]
-        if not jobs:
-            return
-        first, options = jobs[0], jobs[0].options
-        kwargs = dict(
-            options["overrides"],
-            max_new_tokens=options["max_new_tokens"],
-            stop=list(options["stop"]) or None,
-            seed=options["seed"],
-        )
-        try:
-            if first.on_chunk is None:
-                generations = self.sampler.generate_batch(list(prompts.values()), **kwargs)
-                for job, generation in zip(jobs, generations, strict=True):
-                    job.future.set_result(generation)
-                return
-            final = None
-            for chunk in self.sampler.stream(next(iter(prompts.values())), **kwargs):
-                if first.cancelled.is_set():
-                    break
-                first.on_chunk(chunk)
-                final = chunk.generation or final
-            first.future.set_result(final)
-        except BaseException as exc:  # the callers' futures carry the error
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-
-    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the chat; a prompt too long for the model is DSPy's context error, on
-        which e.g. ``dspy.ReAct`` truncates its trajectory and retries."""
-        ids = self.sampler.encode_prompt(messages)
-        context = getattr(self.sampler.backend, "max_context", None)
-        if context is not None and len(ids) >= context:
-            raise lm15.ContextLengthError(
-                f"the prompt has {len(ids)} tokens but {self.name}'s context is {context}; "
-                "shorten the prompt"
-            )
-        return ids
-
-
-_LOADED: weakref.WeakValueDictionary[str, PowerEngine] = weakref.WeakValueDictionary()
+_ENGINES: weakref.WeakValueDictionary[str, PowerEngine] = weakref.WeakValueDictionary()
 
 
 class AsyncPowerEngine:
-    """The async counterpart DSPy's ``acall`` needs; it shares the sync engine's worker."""
+    """The async counterpart DSPy's ``acall`` needs; it shares the sync engine's scheduler."""
 
     def __init__(self, engine: PowerEngine) -> None:
         self.engine = engine
 
     async def complete(self, request: lm15.Request) -> lm15.Response:
-        generation = await asyncio.wrap_future(self.engine.submit(request).future)
-        return self.engine._response(request, generation)
+        ours = self.engine._translate(request)
+        return self.engine._response(await self.engine.scheduler.agenerate(ours))
 
     async def stream(self, request: lm15.Request) -> AsyncIterator[Any]:
-        loop, chunks = asyncio.get_running_loop(), asyncio.Queue[Any]()
-
-        def put(item: Any) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, item)
-
-        job = self.engine.submit(request, on_chunk=put)
-        job.future.add_done_callback(lambda _: put(_CLOSE))
-        try:
-            yield lm15.StreamStartEvent(model=request.model)
-            while (chunk := await chunks.get()) is not _CLOSE:
-                if chunk.text:
-                    yield lm15.StreamDeltaEvent(delta=lm15.TextDelta(text=chunk.text))
-            response = self.engine._response(request, job.future.result())
-            yield lm15.StreamEndEvent(finish_reason=response.finish_reason, usage=response.usage)
-        finally:
-            job.cancelled.set()
+        ours = self.engine._translate(request)
+        yield lm15.StreamStartEvent(model=request.model)
+        final = None
+        async for chunk in self.engine.scheduler.astream(ours):
+            if chunk.text:
+                yield lm15.StreamDeltaEvent(delta=lm15.TextDelta(text=chunk.text))
+            final = chunk.generation or final
+        assert final is not None
+        response = self.engine._response(final)
+        yield lm15.StreamEndEvent(finish_reason=response.finish_reason, usage=response.usage)
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.engine.close)
+        """Nothing to release (see :meth:`PowerEngine.close`)."""
 
     def dump_state(self) -> dict[str, Any]:
         return self.engine.dump_state()
@@ -408,6 +288,21 @@ class AsyncPowerEngine:
     def load_state(cls, state: dict[str, Any]) -> AsyncPowerEngine:
         return cls(PowerEngine.load_state(state))
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> AsyncPowerEngine:
+        return self
+
+
+class PowerLM(dspy.LM):
+    """A ``dspy.LM`` over a :class:`PowerEngine`; ``copy`` also takes sampler settings
+    (``lm.copy(alpha=8)``), giving an LM with its own model string on the same loaded model."""
+
+    def copy(self, **kwargs: Any) -> PowerLM:
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS - {"seed"}}
+        if settings:
+            engine = self._engine_spec.with_settings(**settings)
+            kwargs.update(engine=engine, async_engine=AsyncPowerEngine(engine), model=engine.model)
+        return super().copy(**kwargs)  # type: ignore[no-any-return]
+
 
 def power_lm(
     model: str | None = None,
@@ -415,39 +310,54 @@ def power_lm(
     num_rollouts: int | None = None,
     *,
     config: PowerSamplingConfig | str | None = None,
+    preset: str | None = None,
     backend: Any = None,
     sampler: PowerSampler | None = None,
     name: str | None = None,
     cache: bool = True,
-    batch_window: float = 0.005,
-    max_batch: int = 8,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
     **settings: Any,
-) -> dspy.LM:
-    """A ``dspy.LM`` that power-samples: ``dspy.configure(lm=power_lm(alpha=4, num_rollouts=8))``.
+) -> PowerLM:
+    """A ``dspy.LM`` that power-samples: ``dspy.configure(lm=power_lm(preset="cpu"))``.
 
     ``model``: a model name or path (None: the embedded SmolLM2-135M-Instruct), loaded on first
-    call; or ``backend=`` / ``sampler=`` objects you have. ``alpha`` (default 4) and
-    ``num_rollouts`` (default 8), ``config`` (a ``PowerSamplingConfig`` or preset name such as
-    ``"cpu"``) and ``settings`` (any other config field: ``top_k``, ``rollout_length``,
-    ``block_size``, ``method``, ``seed``, ``max_new_tokens``, ...) set the sampler. ``cache`` is
-    DSPy's response cache. Concurrent calls arriving within ``batch_window`` seconds run as one
-    batch of at most ``max_batch``.
+    call and shared by every LM naming it (``device``, ``dtype``, ``model_kwargs`` as for
+    loading); or ``backend=`` / ``sampler=`` objects you have. ``alpha`` (default 4),
+    ``num_rollouts`` (default 8), ``config`` or ``preset`` (a ``PowerSamplingConfig`` or preset
+    name such as ``"cpu"``) and ``settings`` (any other config field) set the sampler.
+    ``max_tokens`` and ``temperature`` are the request defaults every ``dspy.LM`` takes (see the
+    module docstring for what temperature means here). ``cache`` is DSPy's response cache.
     """
-    if alpha is not None:
-        settings["alpha"] = alpha
-    if num_rollouts is not None:
-        settings["num_rollouts"] = num_rollouts
+    if preset is not None and config is not None:
+        raise ValueError("pass config= or preset=, not both")
+    settings |= {
+        k: v for k, v in (("alpha", alpha), ("num_rollouts", num_rollouts)) if v is not None
+    }
     engine = PowerEngine(
         model,
-        config,
+        preset or config,
         backend=backend,
         sampler=sampler,
         name=name,
-        batch_window=batch_window,
-        max_batch=max_batch,
+        device=device,
+        dtype=dtype,
+        model_kwargs=model_kwargs,
         **settings,
     )
-    return dspy.LM(engine.model, engine=engine, async_engine=AsyncPowerEngine(engine), cache=cache)
+    defaults = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v}
+    if temperature == 0:
+        defaults["temperature"] = 0.0
+    return PowerLM(
+        engine.model,
+        engine=engine,
+        async_engine=AsyncPowerEngine(engine),
+        cache=cache,
+        **defaults,
+    )
 
 
 def _chat_messages(request: lm15.Request) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Test collection shared by every test folder.
+"""What every test folder shares: collection rules and the tiny random chat model.
 
 The vLLM venv (``.venv-vllm``, built by ``make test-vllm``) pins an older transformers and has
 none of the other extras, so pytest run there collects ``tests/vllm_backend`` only. Elsewhere
@@ -9,5 +9,31 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 collect_ignore = ["unit", "integration", "gpu"] if Path(sys.prefix).name == ".venv-vllm" else []
+
+
+@pytest.fixture(scope="session")
+def tiny_backend() -> Any:
+    """A ``TransformersBackend`` over :func:`power_sampling.testing.tiny_chat_model` (seed 0)."""
+    pytest.importorskip("transformers")
+    from power_sampling.backends.transformers import TransformersBackend
+    from power_sampling.testing import tiny_chat_model
+
+    return TransformersBackend.from_transformers(*tiny_chat_model(seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny model saved as a local model folder (what ``--model PATH`` loads)."""
+    pytest.importorskip("transformers")
+    from power_sampling.testing import tiny_chat_model
+
+    folder = tmp_path_factory.mktemp("tiny-chat-model")
+    model, tokenizer = tiny_chat_model(seed=0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -25,11 +25,24 @@ if TYPE_CHECKING:
     from .vllm import VLLMBackend
 
 
+def load_transformers_backend() -> type[TransformersBackend]:
+    """The ``TransformersBackend`` class, or an ImportError naming the extra that brings it."""
+    try:
+        from .transformers import TransformersBackend
+    except ImportError as exc:
+        if exc.name not in ("torch", "transformers", "gguf", "accelerate"):
+            raise
+        raise ImportError(
+            f"running a model in-process needs {exc.name}, which is not installed: "
+            "pip install 'power-sampling[hf]' (on a CPU-only machine install torch from the "
+            "PyTorch CPU index first to avoid a multi-GB CUDA build)"
+        ) from exc
+    return TransformersBackend
+
+
 def __getattr__(name: str) -> Any:
     if name == "TransformersBackend":
-        from .transformers import TransformersBackend
-
-        return TransformersBackend
+        return load_transformers_backend()
     if name == "VLLMBackend":
         from .vllm import VLLMBackend
 

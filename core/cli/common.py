@@ -180,6 +180,7 @@ def load_backend(args: argparse.Namespace) -> Backend:
     """The model named by ``--model`` (default: the embedded SmolLM2), ``--device``, ``--dtype``."""
     from ..models import resolve_model
 
+    check_model_arguments(args)
     kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
     logger.info("Loading %s", args.model or "the default model")
     try:
@@ -189,6 +190,36 @@ def load_backend(args: argparse.Namespace) -> Backend:
         raise ModelLoadError(
             message if name in message else f"cannot load {name}: {message}"
         ) from exc
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """``--device``, ``--dtype`` and a local ``--model`` path checked before anything loads:
+    a bad value is a :class:`UsageError` (exit 2) with one line naming the fix."""
+    import torch
+
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(
+                f"--device {args.device!r} is not a device: use cpu, cuda, cuda:N or mps"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {args.device}: this torch build sees no CUDA GPU; use --device cpu "
+                "(or install a CUDA build of torch on a machine with a GPU)"
+            )
+    if args.dtype is not None and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
+        raise UsageError(
+            f"--dtype {args.dtype!r} is not a torch dtype: use float32, bfloat16 or float16"
+        )
+    model = args.model
+    if (
+        model
+        and model.startswith(("/", "./", "../", "~"))
+        and not os.path.exists(os.path.expanduser(model))
+    ):
+        raise UsageError(f"--model {model}: no such folder; give a model folder or a hub id")
 
 
 def read_prompt(text: str) -> str:

@@ -130,8 +130,10 @@ def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any
     if args.workers < 1:
         raise base.UsageError(f"--workers {args.workers} is invalid: use an integer >= 1")
     seed = 0 if config.seed is None else config.seed
+    if args.data is not None and not Path(args.data).is_file():
+        raise base.UsageError(f"--data {args.data}: no such file; give the path of a JSONL file")
     task = get_task(args.task, data_path=args.data, seed=seed)
-    task.load(args.limit)  # a missing, empty or corrupt data file fails here, not after loading
+    task.load(args.limit)  # an empty or corrupt data file fails here, not after loading
     folder = Path(args.output_dir)
     for method in methods or [config.method]:
         prepare_output(folder / f"{task.name}-{method}.jsonl")

@@ -167,19 +167,6 @@ def test_render_demo_layout(width: int) -> None:
 # -- generate, end to end on a tiny model ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from power_sampling.testing import tiny_chat_model
-
-    folder = tmp_path_factory.mktemp("tiny-chat-model")
-    model, tokenizer = tiny_chat_model(seed=0)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def run_cli(
     *argv: str, stdin: str | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
@@ -261,11 +248,35 @@ def test_bad_value_exits_2_in_a_subprocess(tiny_model_dir: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_missing_model_exits_1(tmp_path: Path) -> None:
+def test_missing_model_exits_2(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing")
     result = run_cli("generate", "hi", "--model", missing, "--max-new-tokens", "2")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith("power-sampling: error:") and "Traceback" not in result.stderr
+    assert "no such folder" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "hi", "--device", "nonsense"], "is not a device"),
+        (["generate", "hi", "--dtype", "float99"], "is not a torch dtype"),
+        (["generate", "hi", "--model", "./no/such/folder"], "no such folder"),
+        (["eval", "--task", "gsm8k", "--data", "/no/such.jsonl"], "no such file"),
+    ]
+    + (
+        []
+        if importlib.util.find_spec("torch") and __import__("torch").cuda.is_available()
+        else [(["generate", "hi", "--device", "cuda"], "sees no CUDA GPU")]
+    ),
+)
+def test_bad_device_dtype_model_or_data_is_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main([*argv, "--max-new-tokens", "2"] if argv[0] == "generate" else argv)
+    err = capsys.readouterr().err
+    assert status == 2 and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 # -- demo on the real default model ----------------------------------------------------------

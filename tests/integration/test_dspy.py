@@ -44,18 +44,36 @@ def fields(**values: Any) -> str:
 
 
 class Recorder:
-    """A sampler whose ``generate_batch`` records each call's prompt count and options."""
+    """A sampler on ``backend`` whose runs are recorded: batch size and the settings that ran."""
 
     def __init__(self, backend: Any, **settings: Any) -> None:
         self.sampler = PowerSampler(backend, PowerSamplingConfig(**{**FAST, **settings}))
-        self.calls: list[dict[str, Any]] = []
-        generate_batch = self.sampler.generate_batch
+        self.backend = backend
 
-        def recording(prompts: Any, **kwargs: Any) -> Any:
-            self.calls.append({"batch": len(prompts), **kwargs})
-            return generate_batch(prompts, **kwargs)
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return [
+            {"batch": len(requests), **requests[0].config.model_dump()}
+            for backend, requests in RUNS
+            if backend is self.backend
+        ]
 
-        self.sampler.generate_batch = recording  # type: ignore[method-assign]
+
+RUNS: list[tuple[Any, list[Any]]] = []
+
+
+@pytest.fixture(autouse=True)
+def record_runs(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every sampler run is recorded in ``RUNS`` (all generations go through ``run``)."""
+    original = PowerSampler.run
+
+    def recording(self: PowerSampler, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        RUNS.append((self.backend, list(requests)))
+        return original(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(PowerSampler, "run", recording)
+    yield
+    RUNS.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +156,7 @@ def test_evaluate_with_8_threads_answers_every_example(tokenizer: Any) -> None:
 
     backend = ScriptedLM(tokenizer, reply)
     recorder = Recorder(backend)
-    lm = power_lm(sampler=recorder.sampler, cache=False, batch_window=0.1)
+    lm = power_lm(sampler=recorder.sampler, cache=False)
     devset = [
         dspy.Example(question=f"What is {i} + 1?", answer=str(i + 1)).with_inputs("question")
         for i in range(16)
@@ -272,7 +290,7 @@ def test_request_options_are_mapped(tokenizer: Any) -> None:
     ("kwargs", "message"),
     [
         ({"temperature": 0.3}, "Set alpha instead"),
-        ({"metadata": {"alhpa": 2}}, "not power sampling settings"),
+        ({"metadata": {"alhpa": 2}}, "unknown setting 'alhpa': did you mean 'alpha'"),
         ({"metadata": {"alpha": -1}}, "alpha"),
         ({"top_p": 0.9}, "does not support top_p"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tool"),
@@ -302,15 +320,15 @@ def test_importing_the_package_does_not_import_dspy() -> None:
 def test_close_and_idle_exit_restart_the_worker(
     tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import power_sampling.integrations.dspy as integration
+    import power_sampling.scheduler as scheduler
 
-    monkeypatch.setattr(integration, "_IDLE_EXIT", 0.05)
+    monkeypatch.setattr(scheduler, "_IDLE_EXIT", 0.05)
     lm = scripted_lm(tokenizer, "x")
     assert lm("a")[0] == "x"
-    worker = lm.engine._worker
+    worker = lm.engine.scheduler._worker
     worker.join(timeout=10)  # idle: the thread exits by itself
-    assert not worker.is_alive() and lm.engine._worker is None
+    assert not worker.is_alive() and lm.engine.scheduler._worker is None
     assert lm("b")[0] == "x"
-    lm.engine.close()
-    assert lm.engine._worker is None
+    lm.engine.scheduler.close()
+    assert lm.engine.scheduler._worker is None
     assert lm("c")[0] == "x"

@@ -71,14 +71,6 @@ class CountingSampler(PowerSampler):
         return super().generate_batch(prompts, *args, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def tiny_backend() -> Any:
-    from power_sampling.backends.transformers import TransformersBackend
-    from power_sampling.testing import tiny_chat_model
-
-    return TransformersBackend.from_transformers(*tiny_chat_model(seed=0))
-
-
 # -- records and grading, end to end ---------------------------------------------------------
 
 
@@ -273,17 +265,6 @@ def test_compare_every_method_on_the_tiny_model(tmp_path: Path, tiny_backend: An
 # -- the CLI -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from power_sampling.testing import tiny_chat_model
-
-    folder = tmp_path_factory.mktemp("tiny-chat-model")
-    model, tokenizer = tiny_chat_model(seed=0)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def tiny_flags(model_dir: Path, out: Path) -> list[str]:
     return [
         "--model",
@@ -337,7 +318,7 @@ def test_cli_registers_on_a_parent_parser() -> None:
         (["--task", "gsm8k", "--alpha", "0"], 2, "alpha=0.0 is invalid"),
         (["compare", "--task", "gsm8k", "--methods", "power,magic"], 2, "--methods"),
         (["compare", "--task", "gsm8k", "--method", "power"], 2, "drop --method"),
-        (["--task", "gsm8k", "--data", "/nonexistent.jsonl"], 1, "data file not found"),
+        (["--task", "gsm8k", "--data", "/nonexistent.jsonl"], 2, "no such file"),
     ],
 )
 def test_cli_bad_input(

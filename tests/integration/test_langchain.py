@@ -32,7 +32,8 @@ from pydantic import BaseModel, Field
 from power_sampling import PowerSampler
 from power_sampling.backends.scripted import ScriptedLM
 from power_sampling.integrations.langchain import ChatPowerSampling, PowerSamplingLLM
-from power_sampling.testing import tiny_chat_model, tiny_tokenizer
+from power_sampling.loaded import loaded_models
+from power_sampling.testing import tiny_tokenizer
 
 BUDGET = dict(
     block_size=4, num_candidates=4, top_k=2, num_rollouts=2, rollout_length=4, max_new_tokens=96
@@ -84,14 +85,6 @@ def chat(reply: str | Callable[[str], str], template: str | None = None, **setti
     return ChatPowerSampling(backend=backend, **{**BUDGET, "seed": 0, **settings})
 
 
-@pytest.fixture(scope="module")
-def tiny_backend() -> Any:
-    pytest.importorskip("power_sampling.backends.transformers")
-    from power_sampling.backends import TransformersBackend
-
-    return TransformersBackend.from_transformers(*tiny_chat_model(seed=0))
-
-
 class Tokens(BaseCallbackHandler):
     def __init__(self) -> None:
         self.tokens: list[str] = []
@@ -100,27 +93,29 @@ class Tokens(BaseCallbackHandler):
         self.tokens.append(token)
 
 
-def count_calls(sampler_method: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Record ``(prompts, kwargs)`` of every call of ``PowerSampler.<sampler_method>``."""
+def count_runs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record the requests of every sampler run (every generation goes through ``run``)."""
     calls: list[Any] = []
-    original = getattr(PowerSampler, sampler_method)
+    original = PowerSampler.run
 
-    def recording(self: PowerSampler, prompts: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append((prompts, kwargs))
-        return original(self, prompts, *args, **kwargs)
+    def recording(self: PowerSampler, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(list(requests))
+        return original(self, requests, *args, **kwargs)
 
-    monkeypatch.setattr(PowerSampler, sampler_method, recording)
+    monkeypatch.setattr(PowerSampler, "run", recording)
     return calls
 
 
 # -- construction, settings, cache keys ------------------------------------------------------------
 
 
-def test_construction_is_lazy_and_accepts_unknown_keys() -> None:
+def test_construction_is_lazy_and_accepts_client_keys() -> None:
     start = time.perf_counter()
     llm = ChatPowerSampling(model="no/such-model", alpha=4, num_rollouts=8, api_key="x", timeout=3)
     assert time.perf_counter() - start < 0.5
-    assert llm._loaded is None and llm.model_name == "no/such-model"
+    assert llm.model_name == "no/such-model"
+    assert not any("no/such-model" in key for key in loaded_models())
+    assert ChatPowerSampling(model_name="m", device="cuda", dtype="bfloat16").model == "m"
     assert ChatPowerSampling().model_name == "SmolLM2-135M-Instruct"  # the embedded default
     assert ChatPowerSampling(max_tokens=7).config.max_new_tokens == 7  # LangChain's name
     assert ChatPowerSampling(preset="cpu", top_k=2).config.top_k == 2  # fields override presets
@@ -130,6 +125,8 @@ def test_construction_is_lazy_and_accepts_unknown_keys() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
+        ({"top_p": 0.9}, "unknown setting 'top_p': did you mean 'top_k'"),
+        ({"num_rolouts": 4}, "did you mean 'num_rollouts'"),
         ({"alpha": -1}, "alpha=-1.0 is invalid"),
         ({"top_k": 8, "num_candidates": 4, "block_size": 4}, "num_candidates=4 is invalid"),
         ({"method": "greedy"}, "method='greedy' is invalid"),
@@ -148,6 +145,8 @@ def test_bad_per_call_settings_raise() -> None:
         llm.invoke("Hi", alpha=0)
     with pytest.raises(ValueError, match="cannot switch"):
         llm.invoke("Hi", model="another-model")
+    with pytest.raises(ValueError, match="unknown setting 'aplha': did you mean 'alpha'"):
+        llm.invoke("Hi", aplha=2)
     with pytest.raises(ValueError, match="pass only one of"):
         ChatPowerSampling(model="x", backend=llm.backend)
 
@@ -170,7 +169,7 @@ def test_cache_key_has_every_setting(cls: type) -> None:
 
 
 def test_cache_never_mixes_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = count_calls("stream", monkeypatch)
+    calls = count_runs(monkeypatch)
     cache = InMemoryCache()
     backend = ScriptedLM(tiny_tokenizer(), "Forty-two.")
     first = ChatPowerSampling(backend=backend, cache=cache, **BUDGET, alpha=4)
@@ -186,15 +185,15 @@ def test_cache_never_mixes_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_llm_invoke_batch_stream_and_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = ScriptedLM(tiny_tokenizer(), lambda prompt: f"{prompt.upper()} Done. The end.")
     llm = PowerSamplingLLM(backend=backend, **BUDGET, seed=0)
-    batches = count_calls("generate_batch", monkeypatch)
+    batches = count_runs(monkeypatch)
     assert llm.invoke("one") == "ONE Done. The end."
     assert llm.batch(["one", "two", "three"]) == [
         f"{w} Done. The end." for w in ("ONE", "TWO", "THREE")
     ]
-    assert [len(prompts) for prompts, _ in batches] == [
-        1,
-        3,
-    ]  # the batch reached the sampler as one batch
+    assert [len(requests) for requests in batches] == [1, 1, 1, 1]  # seeded: each runs alone
+    unseeded = PowerSamplingLLM(backend=backend, **BUDGET)
+    assert len(unseeded.batch(["one", "two", "three"])) == 3
+    assert len(batches[-1]) == 3  # without a seed the batch reached the sampler as one batch
     assert llm.invoke("one", stop=["Done"]) == "ONE "
     assert PowerSamplingLLM(backend=backend, **BUDGET, stop=[" The"]).invoke("one") == "ONE Done."
 
@@ -407,15 +406,15 @@ def test_invalid_tool_calls_are_reported() -> None:
 
 
 def test_forced_call_retries_once_then_reports_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = count_calls("generate", monkeypatch)
+    calls = count_runs(monkeypatch)
     llm = chat("I'd rather chat.").bind_tools([get_weather], tool_choice="any")  # seed=0
     message = llm.invoke("Hi")
     assert len(calls) == 2 and not message.tool_calls  # the model never wrote arguments
-    assert [kwargs.get("seed") for _, kwargs in calls] == [None, 1]  # the config's 0, then 1
+    assert [requests[0].config.seed for requests in calls] == [0, 1]  # the next seed
     assert message.invalid_tool_calls[0]["name"] == "get_weather"
     assert message.response_metadata["power_sampling"]["attempts"] == 2
     llm.invoke("Hi", seed=5)
-    assert [kwargs.get("seed") for _, kwargs in calls[2:]] == [5, 6]
+    assert [requests[0].config.seed for requests in calls[2:]] == [5, 6]
 
 
 def test_forced_call_on_a_real_model_produces_a_call(tiny_backend: Any) -> None:

@@ -1,0 +1,90 @@
+"""Models loaded once per process and shared.
+
+Every adapter instance, copy and configurable alternative that names the same model, device,
+dtype and loading options gets the same backend object, so a 7B model is never loaded twice
+and ``deepcopy``/``pickle`` of an adapter never copies weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .backends.base import Backend
+
+__all__ = ["load_shared", "loaded_models"]
+
+logger = logging.getLogger(__name__)
+
+_MODELS: dict[str, Backend] = {}
+_LOCKS: dict[str, threading.Lock] = {}
+_GUARD = threading.Lock()
+
+
+def _key(
+    model: str | None, device: str | None, dtype: str | None, kwargs: Mapping[str, Any]
+) -> str:
+    from .models import DEFAULT_MODEL
+
+    name = DEFAULT_MODEL if model in (None, "default") else str(model)
+    return json.dumps([name, device, dtype, dict(kwargs)], sort_keys=True, default=repr)
+
+
+def load_shared(
+    model: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> Backend:
+    """The backend of ``model`` (a name or path; None = the embedded default) on ``device`` with
+    ``dtype``, loaded on first use and shared afterwards. ``model_kwargs`` go to
+    ``from_pretrained``. Concurrent first calls load it once."""
+    from .models import resolve_model
+
+    kwargs = dict(model_kwargs or {})
+    key = _key(model, device, dtype, kwargs)
+    with _GUARD:
+        if key in _MODELS:
+            return _MODELS[key]
+        lock = _LOCKS.setdefault(key, threading.Lock())
+    with lock:  # loading takes seconds to minutes: other models load meanwhile
+        if key not in _MODELS:
+            options = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+            logger.info("Loading %s", model or "the default model")
+            start = time.perf_counter()
+            with _no_progress_bars():
+                _MODELS[key] = resolve_model(model, **options, **kwargs)
+            logger.info(
+                "Loaded %s in %.1f s", model or "the default model", time.perf_counter() - start
+            )
+        return _MODELS[key]
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Loading reports through logging only: transformers' bars would interleave with the
+    text a caller is about to stream."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def loaded_models() -> list[str]:
+    """Keys of the models loaded so far (for logs and tests)."""
+    with _GUARD:
+        return list(_MODELS)

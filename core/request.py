@@ -1,0 +1,120 @@
+"""One request, resolved once: the prompt, the settings that run, and where it stops.
+
+Every entry point (``PowerSampler.generate``, the LangChain and DSPy adapters, the HTTP server)
+turns what its caller passed into a :class:`Request` with :func:`resolve_settings`, and from
+then on nothing re-merges settings: the request's ``config`` is what the sampler runs and what
+the :class:`~power_sampling.Generation` reports.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .config import PowerSamplingConfig
+from .constraints import Constraint
+
+Message = Mapping[str, Any]
+Prompt = str | Sequence[Message] | Sequence[int]
+
+ALIASES: dict[str, str] = {"max_tokens": "max_new_tokens"}
+"""Names other APIs use for a config field (OpenAI, LangChain and DSPy say ``max_tokens``)."""
+
+_FIELDS = tuple(PowerSamplingConfig.model_fields)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A generation request with everything resolved.
+
+    ``config`` holds every setting, ``seed`` and ``max_new_tokens`` included (their one channel);
+    ``stop`` are stop strings (cut from the text) and ``stop_token_ids`` extra end tokens, both
+    besides the model's own end tokens; ``trace`` asks for per-step diagnostics; ``constraint``
+    restricts the output to the valid ones.
+    """
+
+    prompt: Prompt
+    config: PowerSamplingConfig
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    trace: bool = False
+    constraint: Constraint | None = None
+
+    def __post_init__(self) -> None:
+        check_prompt(self.prompt)
+        check_stop(self.stop, self.stop_token_ids)
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise TypeError(
+                "constraint must be a power_sampling.constraints.Constraint, got "
+                f"{type(self.constraint).__name__}; e.g. Constraint.json_schema(schema)"
+            )
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can run in one batch: they share every setting."""
+        constraint = None if self.constraint is None else id(self.constraint)
+        return (self.config, self.stop, self.stop_token_ids, self.trace, constraint)
+
+
+def resolve_settings(base: PowerSamplingConfig, settings: Mapping[str, Any]) -> PowerSamplingConfig:
+    """``base`` with ``settings`` (config field names or their :data:`ALIASES`) applied.
+
+    Settings left at None keep the base value. An unknown name raises ``ValueError`` naming the
+    closest field; a bad value raises the config's own ``ValueError`` (field, value, fix).
+    """
+    changes: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = ALIASES.get(key, key)
+        if name not in _FIELDS:
+            raise ValueError(unknown_setting_message(key))
+        if value is not None:
+            changes[name] = value
+    return base.replace(**changes) if changes else base
+
+
+def unknown_setting_message(key: str, extra: Sequence[str] = ()) -> str:
+    """``key`` is not a setting: the message names the closest valid name and lists them all."""
+    names = [*_FIELDS, *ALIASES, *extra]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown setting {key!r}: {hint}valid settings are {', '.join(sorted(names))}"
+
+
+def check_prompt(prompt: object) -> None:
+    """Reject prompts that are none of text, chat messages or token ids, before any work."""
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, bytes | bytearray):
+        raise TypeError(
+            "prompt is bytes: decode it to a string first (e.g. prompt.decode('utf-8')), "
+            "or pass a list of token ids"
+        )
+    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        return
+    ints = isinstance(prompt, Sequence) and all(
+        isinstance(t, int | np.integer) and not isinstance(t, bool) for t in prompt
+    )
+    if not ints:
+        raise TypeError(
+            "prompt must be a string, a list of chat messages ({'role': ..., 'content': ...}) "
+            f"or a list of token ids; got {type(prompt).__name__}"
+        )
+
+
+def check_stop(stop: Sequence[object], stop_token_ids: Sequence[object]) -> None:
+    """Stop strings are non-empty strings and stop token ids are integers."""
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise ValueError(
+                f"stop={list(stop)!r} is invalid: stop strings must be non-empty strings "
+                "(end tokens by id go in stop_token_ids)"
+            )
+    for t in stop_token_ids:
+        if not isinstance(t, int | np.integer) or isinstance(t, bool) or t < 0:
+            raise ValueError(
+                f"stop_token_ids={list(stop_token_ids)!r} is invalid: use non-negative token ids"
+            )

@@ -1,0 +1,215 @@
+"""What both LangChain classes share: the model and sampler settings as pydantic fields
+(derived from :class:`~power_sampling.PowerSamplingConfig`, never re-declared), key checks, the
+shared model and scheduler, and the translation of a call into one
+:class:`~power_sampling.request.Request`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.language_models import LangSmithParams
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    create_model,
+    model_validator,
+)
+
+from power_sampling import Generation, PowerSampler, PowerSamplingConfig, TextBackend
+from power_sampling.loaded import load_shared
+from power_sampling.models import DEFAULT_MODEL
+from power_sampling.request import Request, resolve_settings, unknown_setting_message
+from power_sampling.scheduler import Scheduler, scheduler_for
+
+logger = logging.getLogger("power_sampling.integrations.langchain")
+
+Stop = list[str] | None
+_STATS: tuple[str, ...] = (
+    "steps",
+    "backend_calls",
+    "candidate_tokens",
+    "rollout_tokens",
+    "forward_tokens",
+)
+_STATS += ("wall_time",)
+_BUDGET: tuple[str, ...] = (
+    "top_k",
+    "num_rollouts",
+    "rollout_length",
+    "block_size",
+    "num_candidates",
+)
+_BUDGET += ("mcmc_steps", "best_of", "max_new_tokens")
+# Keys LangChain, its standard tests and agents pass that mean nothing to a local sampler.
+_IGNORED = {"api_key", "base_url", "timeout", "max_retries", "temperature", "stream", "strict"}
+_IGNORED |= {"parallel_tool_calls", "ls_structured_output_format"}
+
+
+def _settings_fields() -> dict[str, Any]:
+    """Every ``PowerSamplingConfig`` field as an optional field (None = preset or default), with
+    the config's own docstring: the adapters never re-declare a setting."""
+    fields: dict[str, Any] = {}
+    for name, info in PowerSamplingConfig.model_fields.items():
+        alias = AliasChoices(name, "max_tokens") if name == "max_new_tokens" else None
+        field = Field(None, description=info.description, validation_alias=alias)
+        fields[name] = (info.annotation | None, field)
+    return fields
+
+
+_Settings: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "_Settings", __config__=ConfigDict(populate_by_name=True), **_settings_fields()
+)
+
+
+class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
+    """The model, where it runs, and the sampler settings, shared by both classes. Settings left
+    at None come from ``preset`` (or the given ``sampler``'s config), else the paper's
+    defaults."""
+
+    model_config = ConfigDict(
+        use_attribute_docstrings=True, arbitrary_types_allowed=True, populate_by_name=True
+    )
+
+    model: str | None = Field(None, validation_alias=AliasChoices("model", "model_name"))
+    """Model name or local path (alias ``model_name``), loaded with transformers on the first
+    call and shared by every instance that names it; None = the embedded
+    SmolLM2-135M-Instruct."""
+    device: str | None = None
+    """Where the model runs, e.g. ``cpu``, ``cuda``, ``cuda:1``; default CUDA when available for
+    a named model, the CPU for the embedded one."""
+    dtype: str | None = None
+    """Parameter dtype, e.g. ``float32``, ``bfloat16``; default bfloat16 on a GPU that has it."""
+    model_kwargs: dict[str, Any] | None = None
+    """Extra ``from_pretrained`` options (e.g. ``{"attn_implementation": "sdpa"}``)."""
+    backend: Any = Field(default=None, exclude=True)
+    """An existing backend, e.g. ``TransformersBackend.from_transformers(model, tokenizer)``."""
+    sampler: PowerSampler | None = Field(default=None, exclude=True)
+    """An existing ``PowerSampler``: its backend is used and its config is the base."""
+    preset: str | None = None
+    """Base settings, ``"paper"`` or ``"cpu"`` (small budgets); the fields override it."""
+    stop: list[str] | None = None
+    """Stop strings, cut from the output; a call's own ``stop`` replaces them."""
+
+    _config: PowerSamplingConfig = PrivateAttr(default_factory=PowerSamplingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_keys(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        known = set(cls.model_fields) | {"model_name", "max_tokens"}
+        for key in set(values) - known - _IGNORED:
+            raise ValueError(unknown_setting_message(key, extra=sorted(cls.model_fields)))
+        if values.get("temperature") not in (None, 0, 1):
+            logger.warning("temperature is ignored: power sampling sharpens with alpha")
+        return values
+
+    @model_validator(mode="after")
+    def _build_config(self) -> Any:
+        if sum(x is not None for x in (self.model, self.backend, self.sampler)) > 1:
+            raise ValueError("pass only one of model (a name or path), backend and sampler")
+        if (self.backend or self.sampler) and (self.device or self.dtype or self.model_kwargs):
+            raise ValueError("device, dtype and model_kwargs are for model=; a backend is built")
+        base = self.sampler.config if self.sampler is not None else PowerSamplingConfig()
+        if self.preset is not None:
+            base = PowerSamplingConfig.preset(self.preset)
+        fields = {f: getattr(self, f) for f in PowerSamplingConfig.model_fields}
+        self._config = resolve_settings(base, fields)  # the config's error names field and fix
+        return self
+
+    @property
+    def config(self) -> PowerSamplingConfig:
+        """The sampler settings of this instance."""
+        return self._config
+
+    @property
+    def model_name(self) -> str:
+        """The model's name, known without loading it."""
+        source = self.sampler.backend if self.sampler is not None else self.backend
+        if source is None:
+            return self.model or DEFAULT_MODEL
+        return str(getattr(source, "name", type(source).__name__))
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        # LangChain's cache key: every setting is in it, so cached answers never mix settings.
+        return {"model_name": self.model_name, **self._config.model_dump(), "stop": self.stop}
+
+    def _get_ls_params(self, stop: Stop = None, **kwargs: Any) -> LangSmithParams:
+        params: LangSmithParams = super()._get_ls_params(stop=stop, **kwargs)  # type: ignore[misc]
+        params["ls_provider"] = "power_sampling"
+        params.setdefault("ls_max_tokens", self._config.max_new_tokens)
+        return params
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the model's own tokenizer (loads the model)."""
+        return self._backend().encode(text)
+
+    def _scheduler(self) -> Scheduler:
+        """The model's shared scheduler; the model loads on first use, once per process."""
+        if self.sampler is not None:
+            return scheduler_for(self.sampler.backend)
+        if self.backend is not None:
+            return scheduler_for(self.backend)
+        return scheduler_for(
+            load_shared(
+                self.model, device=self.device, dtype=self.dtype, model_kwargs=self.model_kwargs
+            )
+        )
+
+    def _backend(self) -> TextBackend:
+        backend = self._scheduler().backend
+        if not isinstance(backend, TextBackend):
+            raise TypeError(f"{type(self).__name__} needs a backend with a tokenizer")
+        return backend
+
+    def _request(self, prompt: Any, stop: Stop, kwargs: dict[str, Any]) -> Request:
+        """A call's prompt and options as one request: settings resolved once, here."""
+        settings = dict(kwargs)
+        if settings.get("model") not in (None, self.model_name):
+            raise ValueError(
+                f"this instance holds {self.model_name!r} and cannot switch models per call: "
+                f"create another one with model={settings['model']!r}"
+            )
+        settings = {k: v for k, v in settings.items() if k not in _IGNORED and k != "model"}
+        stops = list(self.stop or []) if stop is None else list(stop)
+        return Request(prompt, resolve_settings(self._config, settings), tuple(stops))
+
+
+def cost(gens: Sequence[Generation]) -> dict[str, Any]:
+    """The settings that ran and the measured work, for ``response_metadata["power_sampling"]``."""
+    config = gens[-1].config or PowerSamplingConfig()
+    return {
+        "method": config.method,
+        "alpha": config.alpha,
+        "budget": {k: getattr(config, k) for k in _BUDGET},
+        "seed": config.seed,
+        "attempts": len(gens),
+        **{k: sum(getattr(g.stats, k) for g in gens) for k in _STATS},
+    }
+
+
+def concurrency(inputs: list[Any], config: Any) -> int:
+    """How many of ``inputs`` LangChain runs at once (``max_concurrency`` of the config)."""
+    configs = config if isinstance(config, list) else [config or {}]
+    limits = [c.get("max_concurrency") for c in configs if isinstance(c, dict)]
+    return min([len(inputs), *(n for n in limits if n)])
+
+
+def usage(gens: Sequence[Generation], names: str = "input") -> Any:
+    """Token counts with LangChain's chat names (``input``), or the LLM's ``token_usage`` ones
+    (``prompt``)."""
+    prompt, completion = ("input_tokens", "output_tokens")
+    if names == "prompt":
+        prompt, completion = "prompt_tokens", "completion_tokens"
+    counts = [
+        sum(g.stats.prompt_tokens for g in gens),
+        sum(g.stats.completion_tokens for g in gens),
+    ]
+    return {prompt: counts[0], completion: counts[1], "total_tokens": sum(counts)}
