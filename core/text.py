@@ -1,8 +1,32 @@
-"""Incremental decoding with stop strings, for streaming committed tokens as text."""
+"""Stop strings, detected in one place: where a text first contains one (:func:`first_stop`),
+after which token a continuation ends (:func:`tokens_to_stop`, used by the backends), and
+incremental decoding for streaming committed tokens as text (:class:`StopStringTracker`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+
+def first_stop(text: str, stop_strings: Sequence[str]) -> int:
+    """Where the earliest stop string starts in ``text``, or -1 when none occurs."""
+    return min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
+
+
+def tokens_to_stop(
+    decode: Callable[[Sequence[int]], str],
+    tokens: Sequence[int],
+    start: int,
+    stop_strings: Sequence[str],
+) -> int | None:
+    """The shortest length in ``(start, len(tokens)]`` whose decoded text contains a stop
+    string (the continuation ends with the token that completes it), or None."""
+    if not stop_strings or first_stop(decode(tokens), stop_strings) < 0:
+        return None
+    return next(
+        j
+        for j in range(start + 1, len(tokens) + 1)
+        if first_stop(decode(tokens[:j]), stop_strings) >= 0
+    )
 
 
 class StopStringTracker:
@@ -30,7 +54,7 @@ class StopStringTracker:
             return ""
         self._tokens.extend(tokens)
         text = self._decode(self._tokens)
-        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
+        cut = first_stop(text, self._stops)
         if cut >= 0:
             self.stopped = True
             self.text = text[:cut]

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..text import first_stop
 from .base import (
     Continuation,
     SampleOutput,
@@ -128,7 +129,7 @@ class ScriptedLM:
                 seq.append(token)
                 tokens.append(token)
                 text = self.decode(tokens)
-                finished = token in stop.token_ids or any(s in text for s in stop.strings)
+                finished = token in stop.token_ids or first_stop(text, stop.strings) >= 0
             zeros = (0.0,) * len(tokens)
             one = Continuation(tuple(tokens), 0.0, finished, zeros, zeros)
             rows.append([one] * n)

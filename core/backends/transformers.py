@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from ..text import tokens_to_stop
 from .base import (
     Continuation,
     SampleOutput,
@@ -488,13 +489,11 @@ class TransformersBackend:
         at_token = next(
             (j + 1 for j in range(start, len(tokens)) if tokens[j] in stop.token_ids), 0
         )
-        if stop.strings:
-            upto = at_token or len(tokens)
-            if _has_stop(self.decode(tokens[:upto]), stop.strings):
-                ends = range(start + 1, upto + 1)
-                return next(
-                    j for j in ends if _has_stop(self.decode(tokens[:j]), stop.strings)
-                ), True
+        at_string = tokens_to_stop(
+            self.decode, tokens[: at_token or len(tokens)], start, stop.strings
+        )
+        if at_string is not None:
+            return at_string, True
         if at_token:
             return at_token, True
         return (limit, False) if len(tokens) >= limit else None
@@ -547,10 +546,6 @@ class _TokenIdsBackend(TransformersBackend):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _has_stop(text: str, strings: Sequence[str]) -> bool:
-    return any(s in text for s in strings)
 
 
 def _check_text(text: str, what: str) -> None:

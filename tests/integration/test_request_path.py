@@ -172,3 +172,31 @@ def test_readme_cites_only_files_in_the_repository() -> None:
     cited = set(re.findall(r"\]\((?!https?://|#)([^)#]+)", readme))
     missing = [path for path in cited if not (ROOT / path).exists()]
     assert not missing, f"README links to files that are not in the repository: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        ({"seed": -1}, ValueError, "seed=-1 is invalid"),
+        ({"seed": "3"}, ValueError, "seed='3' is invalid"),
+        ({"max_new_tokens": 2.5}, ValueError, "max_new_tokens=2.5 is invalid"),
+        ({"stop": [5]}, ValueError, "stop strings must be non-empty strings"),
+        ({"stop": [""]}, ValueError, "stop strings must be non-empty strings"),
+        ({"prompt": b"hello"}, TypeError, "prompt is bytes: decode it"),
+    ],
+)
+def test_user_passes_a_bad_per_call_value(
+    call: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    sampler = PowerSampler(ScriptedLM(tiny_tokenizer(), "x"), **SMALL)
+    prompt = call.pop("prompt", "hi")
+    with pytest.raises(error, match=message):
+        sampler.generate(prompt, **call)
+
+
+def test_llm_batch_with_a_seed_equals_invoke(tiny_backend: Any) -> None:
+    from power_sampling.integrations.langchain import PowerSamplingLLM
+
+    llm = PowerSamplingLLM(backend=tiny_backend, **SMALL, max_new_tokens=8, seed=7)
+    prompts = ["The quick", "A slow"]
+    assert llm.batch(prompts) == [llm.invoke(p) for p in prompts]
