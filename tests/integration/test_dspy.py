@@ -177,8 +177,8 @@ def test_evaluate_with_8_threads_answers_every_example(tokenizer: Any) -> None:
 
 def test_changing_alpha_changes_what_the_cache_returns(tokenizer: Any) -> None:
     """The settings are in the model string (and metadata in DSPy's key): no stale answers."""
-    backend = ScriptedLM(tokenizer, "x")
-    alpha4, alpha2 = Recorder(backend, alpha=4), Recorder(backend, alpha=2)
+    alpha4 = Recorder(ScriptedLM(tokenizer, "x"), alpha=4)
+    alpha2 = Recorder(ScriptedLM(tokenizer, "x"), alpha=2)
     lm4 = power_lm(sampler=alpha4.sampler)
     lm2 = power_lm(sampler=alpha2.sampler)
     assert lm4.model != lm2.model
@@ -190,7 +190,7 @@ def test_changing_alpha_changes_what_the_cache_returns(tokenizer: Any) -> None:
     lm4("question", metadata={"alpha": 1})
     assert len(alpha4.calls) == 2 and alpha4.calls[-1]["alpha"] == 1  # per-call settings too
     for change in ({"num_rollouts": 3}, {"rollout_length": 8}, {"seed": 1}, {"method": "mcmc"}):
-        assert power_lm(backend=backend, **{**FAST, **change}).model != lm4.model
+        assert power_lm(backend=alpha4.backend, **{**FAST, **change}).model != lm4.model
 
 
 def test_streamify_yields_text(tokenizer: Any) -> None:

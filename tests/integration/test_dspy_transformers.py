@@ -14,7 +14,7 @@ dspy = pytest.importorskip("dspy")
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from power_sampling import PowerSampler, PowerSamplingConfig  # noqa: E402
+from power_sampling import PowerSampler  # noqa: E402
 from power_sampling.integrations.dspy import power_lm  # noqa: E402
 from power_sampling.testing import tiny_chat_model  # noqa: E402
 
@@ -72,17 +72,18 @@ def test_n_samples_are_independent(backend: Any) -> None:
     assert lm(QUESTION, n=4) == samples  # seeds seed, seed + 1, ...: reproducible
 
 
-def test_concurrent_calls_are_batched_and_all_complete(backend: Any) -> None:
-    sampler = PowerSampler(backend, PowerSamplingConfig(**FAST))
+def test_concurrent_calls_are_batched_and_all_complete(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sizes: list[int] = []
-    generate_batch = sampler.generate_batch
+    run = PowerSampler.run
 
-    def recording(prompts: Any, **kwargs: Any) -> Any:
-        sizes.append(len(prompts))
-        return generate_batch(prompts, **kwargs)
+    def recording(self: PowerSampler, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(requests))
+        return run(self, requests, *args, **kwargs)
 
-    sampler.generate_batch = recording  # type: ignore[method-assign]
-    lm = power_lm(sampler=sampler, cache=False, batch_window=0.1)
+    monkeypatch.setattr(PowerSampler, "run", recording)
+    lm = power_lm(backend=backend, cache=False, **FAST)
     questions = [f"What is {i} + 1?" for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda q: lm(q)[0], questions))
