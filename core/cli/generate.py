@@ -150,7 +150,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 f"step at {step.position}: {len(step.candidates)} candidates, "
                 f"chose #{step.chosen} ({len(chosen)} tokens, p_jk "
                 f"{_fmt_prob(step.p_jk, step.chosen)}, log zeta "
-                f"{_fmt_num(step.log_zeta, step.chosen)}), {step.num_rollouts} rollouts\n"
+                f"{_fmt_num(step.log_zeta, step.chosen)}), {step.num_rollouts} rollouts, "
+                f"top-K kept {step.kept_mass:.2f} of the pool's estimated mass\n"
             )
     if not args.quiet and not args.json:
         s = generation.stats

@@ -233,6 +233,9 @@ def test_trace_and_stdin(tiny_model_dir: Path) -> None:
     for key in ("position", "candidates", "log_zeta", "p_hat", "p_jk", "chosen", "num_rollouts"):
         assert key in steps[0]
     assert steps[0]["position"] == 0 and len(steps[0]["candidates"]) <= 2
+    assert 0.0 < steps[0]["kept_mass"] <= 1.0
+    text = ok(tiny_generate(tiny_model_dir, "Q: 2+2=?", "--no-chat", "--trace", "--quiet"))
+    assert "step at 0:" in text.stderr and "top-K kept" in text.stderr
 
 
 def test_text_output_and_summary(tiny_model_dir: Path) -> None:
