@@ -94,6 +94,8 @@ def check_prompt(prompt: object) -> None:
             "or pass a list of token ids"
         )
     if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        for message in prompt:
+            _check_text_only(message)
         return
     ints = isinstance(prompt, Sequence) and all(
         isinstance(t, int | np.integer) and not isinstance(t, bool) for t in prompt
@@ -103,6 +105,19 @@ def check_prompt(prompt: object) -> None:
             "prompt must be a string, a list of chat messages ({'role': ..., 'content': ...}) "
             f"or a list of token ids; got {type(prompt).__name__}"
         )
+
+
+def _check_text_only(message: Mapping[str, Any]) -> None:
+    """Content parts other than text (images, audio, files) are refused, never dropped."""
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            if kind != "text":
+                raise ValueError(
+                    f"a {message.get('role', 'chat')} message has a {kind!r} content part: the "
+                    "model reads text only; send the text parts alone"
+                )
 
 
 def check_stop(stop: Sequence[object], stop_token_ids: Sequence[object]) -> None:

@@ -200,3 +200,17 @@ def test_llm_batch_with_a_seed_equals_invoke(tiny_backend: Any) -> None:
     llm = PowerSamplingLLM(backend=tiny_backend, **SMALL, max_new_tokens=8, seed=7)
     prompts = ["The quick", "A slow"]
     assert llm.batch(prompts) == [llm.invoke(p) for p in prompts]
+
+
+def test_user_sends_an_image_part_in_raw_chat_messages() -> None:
+    sampler = PowerSampler(ScriptedLM(tiny_tokenizer(), "x"), **SMALL)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    with pytest.raises(ValueError, match="'image_url' content part: the model reads text only"):
+        sampler.generate(messages)
+
+
+def test_user_binds_a_tool_without_a_name() -> None:
+    llm = ChatPowerSampling(backend=ScriptedLM(tiny_tokenizer(), "x"), **SMALL)
+    with pytest.raises(ValueError, match="give it a 'name'"):
+        llm.bind_tools([{"description": "adds", "parameters": {"type": "object"}}])
