@@ -27,8 +27,8 @@ def _gpqa_rows() -> dict[str, dict[str, str]]:
 # ----------------------------------------------------------------------------- registry
 
 
-def test_registry_has_the_five_tasks() -> None:
-    assert set(TASKS) == {"gsm8k", "math500", "humaneval", "mbpp", "gpqa"}
+def test_registry_has_the_five_benchmarks_and_arithmetic() -> None:
+    assert set(TASKS) == {"gsm8k", "math500", "humaneval", "mbpp", "gpqa", "arithmetic"}
     for name in TASKS:
         assert get_task(name).name == name
     assert get_task(" MATH500 ").name == "math500"
