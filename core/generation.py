@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -106,3 +107,22 @@ class Chunk:
     token_ids: tuple[int, ...]
     text: str = ""
     generation: Generation | None = None
+
+
+_COST_STATS = ("steps", "backend_calls", "candidate_tokens", "rollout_tokens", "forward_tokens")
+_BUDGET: tuple[str, ...] = ("top_k", "num_rollouts", "rollout_length", "block_size")
+_BUDGET += ("num_candidates", "mcmc_steps", "best_of", "max_new_tokens")
+
+
+def cost(gens: Sequence[Generation]) -> dict[str, Any]:
+    """The settings that ran (of the last generation) and the work of all ``gens`` summed: what
+    the adapters report as ``power_sampling`` next to an answer."""
+    config = gens[-1].config or PowerSamplingConfig()
+    return {
+        "method": config.method,
+        "alpha": config.alpha,
+        "budget": {k: getattr(config, k) for k in _BUDGET},
+        "seed": config.seed,
+        "attempts": len(gens),
+        **{k: sum(getattr(g.stats, k) for g in gens) for k in (*_COST_STATS, "wall_time")},
+    }

@@ -20,7 +20,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from power_sampling import TextBackend
+from power_sampling.chat_tools import json_prefill as json_prefill  # re-exported
 
 from . import tool_calls as tc
 
@@ -76,13 +76,6 @@ def message_dict(message: BaseMessage) -> dict[str, Any]:
     if role is None:
         raise TypeError(f"unsupported message type {type(message).__name__}")
     return {"role": role, "content": text}
-
-
-def json_prefill(backend: TextBackend) -> str:
-    """The opening of a JSON object cut at this tokenizer's token boundary (``{"`` where that is
-    one token), so the model continues from a state it knows."""
-    first = backend.decode(backend.encode('{"key": 1}')[:1])
-    return first if first in ("{", '{"') else "{"
 
 
 def chat_result(reply: str | Reply) -> ChatResult:

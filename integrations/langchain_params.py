@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from power_sampling import Generation, PowerSampler, PowerSamplingConfig, TextBackend
+from power_sampling.generation import cost as cost  # re-exported for the adapters
 from power_sampling.loaded import load_shared
 from power_sampling.models import DEFAULT_MODEL
 from power_sampling.request import Request, resolve_settings, unknown_setting_message
@@ -30,22 +31,6 @@ from power_sampling.scheduler import Scheduler, scheduler_for
 logger = logging.getLogger("power_sampling.integrations.langchain")
 
 Stop = list[str] | None
-_STATS: tuple[str, ...] = (
-    "steps",
-    "backend_calls",
-    "candidate_tokens",
-    "rollout_tokens",
-    "forward_tokens",
-)
-_STATS += ("wall_time",)
-_BUDGET: tuple[str, ...] = (
-    "top_k",
-    "num_rollouts",
-    "rollout_length",
-    "block_size",
-    "num_candidates",
-)
-_BUDGET += ("mcmc_steps", "best_of", "max_new_tokens")
 # Keys LangChain, its standard tests and agents pass that mean nothing to a local sampler.
 _IGNORED = {"api_key", "base_url", "timeout", "max_retries", "temperature", "stream", "strict"}
 _IGNORED |= {"parallel_tool_calls", "ls_structured_output_format"}
@@ -180,19 +165,6 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
         settings = {k: v for k, v in settings.items() if k not in _IGNORED and k != "model"}
         stops = list(self.stop or []) if stop is None else list(stop)
         return Request(prompt, resolve_settings(self._config, settings), tuple(stops))
-
-
-def cost(gens: Sequence[Generation]) -> dict[str, Any]:
-    """The settings that ran and the measured work, for ``response_metadata["power_sampling"]``."""
-    config = gens[-1].config or PowerSamplingConfig()
-    return {
-        "method": config.method,
-        "alpha": config.alpha,
-        "budget": {k: getattr(config, k) for k in _BUDGET},
-        "seed": config.seed,
-        "attempts": len(gens),
-        **{k: sum(getattr(g.stats, k) for g in gens) for k in _STATS},
-    }
 
 
 def concurrency(inputs: list[Any], config: Any) -> int:

@@ -1,17 +1,14 @@
-"""The tool-call text protocol of local chat models, for the LangChain chat model.
+"""The tool-call text protocol for the LangChain chat model.
 
-Calls are written ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Qwen /
-Hermes format that SmolLM2's and Qwen's templates use). Tools go through the chat template's
-own tool support (``apply_chat_template(tools=...)``) or, for a template without it, into a
-system message that describes them and this format (:func:`describe_tools`). Parsing hands the
-JSON to langchain-core's ``parse_tool_call`` and reports failures with ``make_invalid_tool_call``.
+The protocol itself (``<tool_call>`` blocks, tool descriptions for templates without tool
+support, prefills, the streaming splitter) is framework-free in :mod:`power_sampling.chat_tools`
+and re-exported here; this module adds parsing into LangChain's tool calls: the JSON goes to
+langchain-core's ``parse_tool_call`` and failures are reported with ``make_invalid_tool_call``.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -19,76 +16,45 @@ from typing import Any
 from langchain_core.exceptions import OutputParserException
 from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
-TOOLS_PROMPT = (
-    "# Tools\n\nYou may call the functions described by the JSON schemas inside <tools></tools>:"
-    "\n<tools>\n{tools}\n</tools>\n\nTo call a function, reply with one JSON object per call "
-    'inside <tool_call></tool_call> tags:\n<tool_call>\n{{"name": <function-name>, "arguments": '
-    "<arguments-json-object>}}\n</tool_call>"
+from power_sampling.chat_tools import (
+    CALL_PATTERN,
+    CLOSE,
+    JSON_PROMPT,
+    NAME_PATTERN,
+    OPEN,
+    SCHEMA_PROMPT,
+    TOOLS_PROMPT,
+    ReplySplitter,
+    closest_name,
+    describe_tools,
+    normalize_tool_choice,
+    to_json,
+    with_system,
 )
-JSON_PROMPT = "Reply with one JSON object and nothing else."
-SCHEMA_PROMPT = " It must match this JSON schema:\n{}"
-_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
-_NAME = re.compile(r'"name":\s*"([^"]*)')
 
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
-    """``tool_choice`` as ``auto``, ``required``, ``none`` or a tool name."""
-    if isinstance(choice, dict):  # OpenAI's {"type": "function", "function": {"name": ...}}
-        choice = choice.get("function", choice).get("name", choice.get("type"))
-    if choice in (None, "auto"):
-        return "auto"
-    if choice in ("any", "required", True):
-        return "required"
-    if choice in ("none", False):
-        return "none"
-    if choice in names:
-        return str(choice)
-    raise ValueError(
-        f"tool_choice={choice!r} is invalid: use 'auto', 'any' (or 'required'), 'none' or the "
-        f"name of a bound tool ({', '.join(names) or 'none bound'})"
-    )
-
-
-def with_system(dicts: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """``text`` appended to the leading system message, or a new one."""
-    if dicts and dicts[0]["role"] == "system":
-        return [{**dicts[0], "content": f"{dicts[0]['content']}\n\n{text}"}, *dicts[1:]]
-    return [{"role": "system", "content": text}, *dicts]
-
-
-def describe_tools(
-    dicts: list[dict[str, Any]], tools: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """For templates without tool support: tools listed in the system message, past calls and
-    results written out as ``<tool_call>`` and ``<tool_response>`` text."""
-    out = []
-    for d in dicts:
-        if d["role"] == "tool":
-            d = {"role": "user", "content": f"<tool_response>\n{d['content']}\n</tool_response>"}
-        elif "tool_calls" in d:
-            calls = [
-                to_json({k: c["function"][k] for k in ("name", "arguments")})
-                for c in d["tool_calls"]
-            ]
-            text = "\n".join([d["content"], *(f"{OPEN}\n{c}\n{CLOSE}" for c in calls)]).strip()
-            d = {"role": "assistant", "content": text}
-        out.append(d)
-    listing = "\n".join(to_json(t) for t in tools)
-    return with_system(out, TOOLS_PROMPT.format(tools=listing)) if tools else out
+__all__ = [
+    "CLOSE",
+    "JSON_PROMPT",
+    "OPEN",
+    "SCHEMA_PROMPT",
+    "TOOLS_PROMPT",
+    "ReplySplitter",
+    "closest_name",
+    "describe_tools",
+    "normalize_tool_choice",
+    "parse_tool_calls",
+    "to_json",
+    "with_system",
+]
 
 
 def parse_tool_calls(text: str, names: Sequence[str]) -> tuple[list[Any], list[Any]]:
     """The ``<tool_call>`` blocks of ``text`` as tool calls; a block that is not a JSON call of a
     bound tool with object arguments becomes an invalid tool call carrying the error."""
     calls, invalid = [], []
-    for match in _CALL.finditer(text):
+    for match in CALL_PATTERN.finditer(text):
         body = match.group(1).strip()
-        written = _NAME.search(body)
+        written = NAME_PATTERN.search(body)
         raw = {
             "id": f"call_{uuid.uuid4().hex[:24]}",
             # args of an invalid call: as written, tags included (so LangChain's partial-JSON
@@ -110,38 +76,3 @@ def parse_tool_calls(text: str, names: Sequence[str]) -> tuple[list[Any], list[A
         except (ValueError, OutputParserException) as exc:
             invalid.append(make_invalid_tool_call(raw, f"{type(exc).__name__}: {exc}"))
     return calls, invalid
-
-
-def closest_name(text: str, names: Sequence[str]) -> str:
-    """The bound tool whose name is closest to the one the model began to write."""
-    written = _NAME.search(text)
-    match = difflib.get_close_matches(written.group(1) if written else "", names, n=1, cutoff=0)
-    return match[0] if match else names[0]
-
-
-class ReplySplitter:
-    """Splits streamed text into the visible content and the trailing tool-call section. Text
-    that may still become ``<tool_call>`` (and whitespace before it) is held back, so the streamed
-    deltas always join to the final content."""
-
-    def __init__(self, prefill: str, *, tools: bool) -> None:
-        self.text, self.tools, self.sent = prefill, tools, 0
-
-    def push(self, delta: str) -> str:
-        self.text += delta
-        visible = self.text
-        if self.tools:
-            cut = visible.find(OPEN)
-            if cut < 0:
-                cut = len(visible) - max(
-                    (k for k in range(1, len(OPEN)) if visible.endswith(OPEN[:k])), default=0
-                )
-            visible = visible[:cut].rstrip()
-        out, self.sent = visible[self.sent :], max(self.sent, len(visible))
-        return out
-
-    def finish(self) -> tuple[str, str, str]:
-        """``(content, its part not streamed yet, tool-call text)``."""
-        cut = self.text.find(OPEN) if self.tools else -1
-        content = self.text if cut < 0 else self.text[:cut].rstrip()
-        return content, content[self.sent :], "" if cut < 0 else self.text[cut:]

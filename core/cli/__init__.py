@@ -4,6 +4,7 @@
 - ``demo``: standard vs power sampling on one word problem (:mod:`.demo`).
 - ``eval``: a method on a benchmark, or several compared (:mod:`.eval`).
 - ``bench``: cost of power sampling vs MCMC and standard decoding (:mod:`.bench`).
+- ``serve``: an OpenAI-compatible HTTP server over the model (:mod:`.serve`).
 
 Each module defines ``add_parser(subparsers)``, built from the shared helpers in :mod:`.common`.
 
@@ -18,10 +19,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bench, demo, eval, generate
+from . import bench, demo, eval, generate, serve
 from .common import PROG, ModelLoadError, UsageError, configure_logging, error_message, logger
 
-_SUBCOMMANDS = (generate, demo, eval, bench)
+_SUBCOMMANDS = (generate, demo, eval, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,193 @@
+"""The tool-call text protocol of local chat models, framework-free.
+
+Calls are written ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Qwen /
+Hermes format that SmolLM2's and Qwen's templates use). Tools go through the chat template's
+own tool support (``apply_chat_template(tools=...)``) or, for a template without it, into a
+system message that describes them and this format (:func:`describe_tools`).
+
+The LangChain chat model (:mod:`power_sampling.integrations.tool_calls`) and the HTTP server
+(:mod:`power_sampling.serving`) both build on this module; it imports no framework.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import uuid
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from .backends.base import TextBackend
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+TOOLS_PROMPT = (
+    "# Tools\n\nYou may call the functions described by the JSON schemas inside <tools></tools>:"
+    "\n<tools>\n{tools}\n</tools>\n\nTo call a function, reply with one JSON object per call "
+    'inside <tool_call></tool_call> tags:\n<tool_call>\n{{"name": <function-name>, "arguments": '
+    "<arguments-json-object>}}\n</tool_call>"
+)
+JSON_PROMPT = "Reply with one JSON object and nothing else."
+SCHEMA_PROMPT = " It must match this JSON schema:\n{}"
+CALL_PATTERN = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
+NAME_PATTERN = re.compile(r'"name":\s*"([^"]*)')
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
+    """``tool_choice`` as ``auto``, ``required``, ``none`` or a tool name."""
+    if isinstance(choice, dict):  # OpenAI's {"type": "function", "function": {"name": ...}}
+        choice = choice.get("function", choice).get("name", choice.get("type"))
+    if choice in (None, "auto"):
+        return "auto"
+    if choice in ("any", "required", True):
+        return "required"
+    if choice in ("none", False):
+        return "none"
+    if choice in names:
+        return str(choice)
+    raise ValueError(
+        f"tool_choice={choice!r} is invalid: use 'auto', 'any' (or 'required'), 'none' or the "
+        f"name of a bound tool ({', '.join(names) or 'none bound'})"
+    )
+
+
+def with_system(dicts: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """``text`` appended to the leading system message, or a new one."""
+    if dicts and dicts[0]["role"] == "system":
+        return [{**dicts[0], "content": f"{dicts[0]['content']}\n\n{text}"}, *dicts[1:]]
+    return [{"role": "system", "content": text}, *dicts]
+
+
+def describe_tools(
+    dicts: list[dict[str, Any]], tools: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """For templates without tool support: tools listed in the system message, past calls and
+    results written out as ``<tool_call>`` and ``<tool_response>`` text."""
+    out = []
+    for d in dicts:
+        if d["role"] == "tool":
+            d = {"role": "user", "content": f"<tool_response>\n{d['content']}\n</tool_response>"}
+        elif "tool_calls" in d:
+            calls = [
+                to_json({k: c["function"][k] for k in ("name", "arguments")})
+                for c in d["tool_calls"]
+            ]
+            text = "\n".join([d["content"], *(f"{OPEN}\n{c}\n{CLOSE}" for c in calls)]).strip()
+            d = {"role": "assistant", "content": text}
+        out.append(d)
+    listing = "\n".join(to_json(t) for t in tools)
+    return with_system(out, TOOLS_PROMPT.format(tools=listing)) if tools else out
+
+
+def parse_calls(text: str, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``<tool_call>`` blocks of ``text`` as OpenAI tool calls
+    (``{"id", "type": "function", "function": {"name", "arguments": <JSON text>}}``), and one
+    error message per block that is not a JSON call of a bound tool with object arguments."""
+    calls: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for match in CALL_PATTERN.finditer(text):
+        body = match.group(1).strip()
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(body)
+            if not isinstance(obj, dict) or obj.get("name") not in names:
+                raise ValueError(f"expected a call of one of {list(names)}")
+            args = obj.get("arguments", obj.get("parameters", {}))
+            if isinstance(args, str):
+                args = json.loads(args)
+            if not isinstance(args, dict):
+                raise ValueError("the arguments must be a JSON object")
+        except ValueError as exc:
+            errors.append(f"{type(exc).__name__}: {exc} in {match.group(0)!r}")
+            continue
+        calls.append(
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": obj["name"], "arguments": to_json(args)},
+            }
+        )
+    return calls, errors
+
+
+def closest_name(text: str, names: Sequence[str]) -> str:
+    """The bound tool whose name is closest to the one the model began to write."""
+    written = NAME_PATTERN.search(text)
+    match = difflib.get_close_matches(written.group(1) if written else "", names, n=1, cutoff=0)
+    return match[0] if match else names[0]
+
+
+def call_prefill(name: str | None) -> str:
+    """The start of a forced call: the model writes only the arguments (or, for any tool, the
+    name and the arguments)."""
+    return OPEN + '\n{"name": "' + (f'{name}", "arguments":' if name else "")
+
+
+def json_prefill(backend: TextBackend) -> str:
+    """The opening of a JSON object cut at this tokenizer's token boundary (``{"`` where that is
+    one token), so the model continues from a state it knows."""
+    first = backend.decode(backend.encode('{"key": 1}')[:1])
+    return first if first in ("{", '{"') else "{"
+
+
+_NATIVE_TOOLS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def template_has_tools(backend: TextBackend) -> bool:
+    """Whether the chat template renders ``tools`` at all (checked once per backend)."""
+    known = _NATIVE_TOOLS.get(backend)
+    if known is not None:
+        return known
+    probe = [{"role": "user", "content": "?"}]
+    tool = {"type": "function", "function": {"name": "probe", "description": "", "parameters": {}}}
+    try:
+        native = backend.apply_chat_template(probe, tools=[tool]) != backend.apply_chat_template(
+            probe
+        )
+    except Exception:  # a template that fails on tools has no tool support
+        native = False
+    _NATIVE_TOOLS[backend] = native
+    return native
+
+
+def render_chat(
+    backend: TextBackend, dicts: list[dict[str, Any]], tools: list[dict[str, Any]]
+) -> list[int]:
+    """Chat-template token ids (generation prompt added); tools through the template, or a
+    system message when the template has no tool support."""
+    uses_tools = bool(tools) or any(d["role"] == "tool" or "tool_calls" in d for d in dicts)
+    if uses_tools and not template_has_tools(backend):
+        return backend.apply_chat_template(describe_tools(dicts, tools))
+    return backend.apply_chat_template(dicts, tools=tools or None)
+
+
+class ReplySplitter:
+    """Splits streamed text into the visible content and the trailing tool-call section. Text
+    that may still become ``<tool_call>`` (and whitespace before it) is held back, so the streamed
+    deltas always join to the final content."""
+
+    def __init__(self, prefill: str, *, tools: bool) -> None:
+        self.text, self.tools, self.sent = prefill, tools, 0
+
+    def push(self, delta: str) -> str:
+        self.text += delta
+        visible = self.text
+        if self.tools:
+            cut = visible.find(OPEN)
+            if cut < 0:
+                cut = len(visible) - max(
+                    (k for k in range(1, len(OPEN)) if visible.endswith(OPEN[:k])), default=0
+                )
+            visible = visible[:cut].rstrip()
+        out, self.sent = visible[self.sent :], max(self.sent, len(visible))
+        return out
+
+    def finish(self) -> tuple[str, str, str]:
+        """``(content, its part not streamed yet, tool-call text)``."""
+        cut = self.text.find(OPEN) if self.tools else -1
+        content = self.text if cut < 0 else self.text[:cut].rstrip()
+        return content, content[self.sent :], "" if cut < 0 else self.text[cut:]

@@ -1,0 +1,166 @@
+"""Where calls run: :class:`LocalEngine` on a backend in this process, through its scheduler.
+
+An engine turns a :class:`~.translate.Call` into events: :class:`Started` once every choice is
+queued (so a bad prompt or a full queue is known before a response starts), then
+:class:`~.translate.Delta` pieces of content and one :class:`~.translate.Choice` per finished
+choice. :class:`~.replicas.RayEngine` offers the same two methods over Ray actors.
+
+Every choice is a :class:`~power_sampling.scheduler.Job` of the backend's
+:class:`~power_sampling.scheduler.Scheduler`, so concurrent requests with equal settings share
+batched sampler runs. Leaving the event stream early (a client that disconnects, a cancelled
+task) cancels the call's jobs, which frees their places at the sampler's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .. import chat_tools as tc
+from ..backends.base import Backend
+from ..generation import Chunk
+from ..request import Request
+from ..sampler import PowerSampler
+from ..scheduler import Job, Scheduler
+from .translate import Call, Choice, Delta, Prepared, finish, prepare
+
+__all__ = ["Engine", "Event", "LocalEngine", "ShuttingDown", "Started"]
+
+_DONE = object()
+
+
+class ShuttingDown(RuntimeError):
+    """The server is stopping and cancelled this request; retry elsewhere or later."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """Every choice of the call is queued; ``prompt_tokens`` per choice."""
+
+    prompt_tokens: tuple[int, ...]
+
+
+Event = Started | Delta | Choice
+
+
+class Engine(Protocol):
+    """What the HTTP app needs from where the model runs."""
+
+    def stream(self, call: Call) -> AsyncIterator[Event]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEngine:
+    """Runs calls on ``backend`` (or a ``PowerSampler``'s backend) in this process.
+
+    ``window``, ``max_batch`` and ``max_queue`` configure the scheduler: requests arriving within
+    ``window`` seconds with equal settings run as one batch of at most ``max_batch``; beyond
+    ``max_queue`` waiting choices a call fails at once with
+    :class:`~power_sampling.scheduler.QueueFull`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | PowerSampler,
+        *,
+        window: float = 0.005,
+        max_batch: int = 8,
+        max_queue: int = 256,
+    ) -> None:
+        self.scheduler = Scheduler(backend, window=window, max_batch=max_batch, max_queue=max_queue)
+        self._jobs: set[Job] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def sampler(self) -> PowerSampler:
+        return self.scheduler.sampler
+
+    @property
+    def active(self) -> int:
+        """Choices queued or running."""
+        with self._lock:
+            return len(self._jobs)
+
+    async def stream(self, call: Call) -> AsyncIterator[Event]:
+        """The call's events; see the module docstring."""
+        prepared = await asyncio.to_thread(prepare, call, self.sampler)  # tokenizer work
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        jobs: list[Job] = []
+
+        def put(item: tuple[int, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the event loop is closed: nobody is listening
+                self._cancel(jobs)
+
+        try:
+            for k, choice in enumerate(prepared):
+                job = self._submit(choice.request, lambda c, k=k: put((k, c)))
+                job.future.add_done_callback(functools.partial(_done, put, k))
+                jobs.append(job)
+            yield Started(tuple(len(p.request.prompt) for p in prepared))
+            splitters = [tc.ReplySplitter(p.prefill, tools=bool(p.tools)) for p in prepared]
+            left = len(prepared)
+            while left:
+                k, item = await events.get()
+                if item is _DONE:
+                    self._check(jobs[k])
+                    left -= 1
+                    continue
+                for event in _read(prepared[k], splitters[k], item):
+                    yield event
+        finally:
+            self._cancel(jobs)
+
+    def close(self) -> None:
+        """Cancel what is queued or running and stop the scheduler's worker; calls after this
+        fail with :class:`ShuttingDown`."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs)
+        self._cancel(jobs)
+        self.scheduler.close()
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def _submit(self, request: Request, on_chunk: Any) -> Job:
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down; retry later")
+            job = self.scheduler.submit(request, on_chunk)  # QueueFull when full
+            self._jobs.add(job)
+        return job
+
+    def _check(self, job: Job) -> None:
+        """Raise the job's error; a job cancelled by :meth:`close` is :class:`ShuttingDown`."""
+        try:
+            job.future.result(timeout=0)
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            raise ShuttingDown("the server is shutting down; retry later") from None
+
+    def _cancel(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            job.cancel()
+        with self._lock:
+            self._jobs.difference_update(jobs)
+
+
+def _done(put: Any, index: int, _: Any) -> None:
+    put((index, _DONE))
+
+
+def _read(prepared: Prepared, splitter: tc.ReplySplitter, chunk: Chunk) -> list[Event]:
+    events: list[Event] = []
+    if text := splitter.push(chunk.text):
+        events.append(Delta(prepared.index, text))
+    if chunk.generation is not None:
+        events.append(finish(prepared, splitter, chunk.generation))
+    return events

@@ -1,0 +1,97 @@
+"""The HTTP bodies the server reads: OpenAI's chat and text completion requests.
+
+Fields OpenAI clients send that mean nothing to a power sampler (``temperature``, ``top_p``,
+``presence_penalty``, ``user``, ...) are accepted and ignored, as vLLM's server does: the
+sharpening is ``alpha``. What the server cannot honour (``logprobs``, ``echo``, ``suffix``) is
+a 400 rather than a silent difference. Power-sampling settings come in ``power_sampling`` (the
+``openai`` client's ``extra_body={"power_sampling": {...}}``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_CHOICES = 16
+"""Most completions (``n``) one request may ask for: each is a sampler run."""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+    """Send a last chunk with empty ``choices`` and the ``usage`` (and ``power_sampling``)."""
+
+
+class _Common(BaseModel):
+    """What chat and text completions share."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    power_sampling: dict[str, Any] | None = None
+    """Any :class:`~power_sampling.PowerSamplingConfig` field, on top of the server's defaults."""
+    logprobs: Any = None
+
+    def unsupported(self) -> str | None:
+        """The name of a field set to something the server does not do, if any."""
+        if self.logprobs not in (None, False, 0):
+            return "logprobs"
+        return None
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Common):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    top_logprobs: int | None = None
+
+    def unsupported(self) -> str | None:
+        if self.top_logprobs:
+            return "top_logprobs"
+        return super().unsupported()
+
+
+class CompletionRequest(_Common):
+    """``POST /v1/completions``: ``prompt`` is a string, token ids, or a list of either."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = False
+    suffix: str | None = None
+
+    def unsupported(self) -> str | None:
+        if self.echo:
+            return "echo"
+        if self.suffix:
+            return "suffix"
+        return super().unsupported()
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[arg-type]

@@ -1,0 +1,279 @@
+"""OpenAI requests to sampler requests, and generations back to OpenAI choices.
+
+Two stages, so that the first needs no model and the second runs where the model is (in this
+process, or in a Ray replica):
+
+- :func:`chat_call` / :func:`completion_call`: an HTTP body checked and resolved into a
+  :class:`Call` (settings merged once with :func:`~power_sampling.request.resolve_settings`;
+  every mistake a ``ValueError`` naming the field and the fix, before any work).
+- :func:`prepare`: a call rendered with the model's tokenizer and chat template into one
+  :class:`~power_sampling.request.Request` per choice; :func:`finish` turns a choice's
+  generation into its content, tool calls and finish reason.
+
+Seeds: with ``seed`` s, choice 0 runs with seed s, so it is the answer
+``PowerSampler.generate(..., seed=s)`` gives in-process, on any replica; choice i > 0 runs with a
+seed derived from (s, i). Without a seed the choices are unseeded and may share batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import chat_tools as tc
+from ..config import PowerSamplingConfig
+from ..generation import Generation
+from ..request import Prompt, Request, resolve_settings
+from ..sampler import PowerSampler
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES["tool"] = "tool"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request, checked, before the model sees it (picklable: it travels to replicas)."""
+
+    prompts: tuple[Prompt, ...]
+    """Chat: one list of messages. Text completions: texts or token-id lists."""
+    config: PowerSamplingConfig
+    n: int = 1
+    chat: bool = True
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str = "auto"
+    json_schema: dict[str, Any] | None = None
+    json_mode: bool = False
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Prepared:
+    """One choice of a call, rendered: its request and how its reply is read."""
+
+    index: int
+    request: Request
+    prefill: str = ""
+    tools: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Choice:
+    """A finished choice: ``content`` whole, ``tail`` its part not streamed yet."""
+
+    index: int
+    content: str | None
+    tail: str
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    generation: Generation
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Streamed content of choice ``index``."""
+
+    index: int
+    text: str
+
+
+def settings_of(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """The request's sampler settings: ``power_sampling`` plus the OpenAI fields that map to one
+    (``max_tokens``/``max_completion_tokens``, ``seed``); a conflict is an error."""
+    settings = dict(body.power_sampling or {})
+    limit = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    for name, value in (("max_new_tokens", limit), ("seed", body.seed)):
+        if value is None:
+            continue
+        given = settings.get(name, settings.get("max_tokens") if name == "max_new_tokens" else None)
+        if given is not None and given != value:
+            raise ValueError(
+                f"power_sampling.{name}={given!r} contradicts the request's {value!r}: "
+                "give it in one place"
+            )
+        settings[name] = value
+    return settings
+
+
+def _config(body: ChatCompletionRequest | CompletionRequest, defaults: PowerSamplingConfig) -> Any:
+    if (name := body.unsupported()) is not None:
+        raise ValueError(f"{name} is not supported by this server: leave it out")
+    return resolve_settings(defaults, settings_of(body))
+
+
+def chat_call(body: ChatCompletionRequest, defaults: PowerSamplingConfig) -> Call:
+    """A chat completion request as a :class:`Call`."""
+    config = _config(body, defaults)
+    messages = [_message(i, m) for i, m in enumerate(body.messages)]
+    tools = tuple(_tool(i, t) for i, t in enumerate(body.tools or []))
+    names = [t["function"]["name"] for t in tools]
+    choice = tc.normalize_tool_choice(body.tool_choice, names)
+    if choice == "none":
+        tools = ()
+    fmt = body.response_format or {}
+    kind = fmt.get("type", "text")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ValueError(
+            f"response_format.type={kind!r} is invalid: use text, json_object or json_schema"
+        )
+    schema = (fmt.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+    return Call(
+        (messages,),
+        config,
+        body.n or 1,
+        True,
+        tools,
+        choice,
+        schema,
+        kind != "text",
+        body.stops,
+    )
+
+
+def completion_call(body: CompletionRequest, defaults: PowerSamplingConfig) -> Call:
+    """A text completion request as a :class:`Call` (one prompt or several)."""
+    config = _config(body, defaults)
+    prompts = body.prompts
+    if not prompts:
+        raise ValueError("prompt is empty: give a string, token ids, or a list of them")
+    return Call(tuple(prompts), config, body.n or 1, chat=False, stop=body.stops)
+
+
+def _message(index: int, message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI message as a chat-template message."""
+    role = _ROLES.get(str(message.get("role")))
+    if role is None:
+        raise ValueError(
+            f"messages[{index}].role={message.get('role')!r} is invalid: use system, developer, "
+            "user, assistant or tool"
+        )
+    out: dict[str, Any] = {"role": role, "content": _text(index, message.get("content"))}
+    if role == "tool":
+        out["tool_call_id"] = message.get("tool_call_id")
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if calls:
+        out["tool_calls"] = [_past_call(index, c) for c in calls]
+    return out
+
+
+def _text(index: int, content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(
+                    f"messages[{index}].content has a {kind!r} part: this model reads text only"
+                )
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise ValueError(f"messages[{index}].content must be a string or a list of text parts")
+
+
+def _past_call(index: int, call: Any) -> dict[str, Any]:
+    """A tool call of an earlier assistant turn, its arguments as an object for the template."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not function.get("name"):
+        raise ValueError(f"messages[{index}].tool_calls: each needs function.name")
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):  # else the template shows it as written
+            arguments = json.loads(arguments)
+    return {
+        "type": "function",
+        "id": call.get("id"),
+        "function": {"name": function["name"], "arguments": arguments},
+    }
+
+
+def _tool(index: int, tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool.get("function")
+    if tool.get("type", "function") != "function" or not isinstance(function, dict):
+        raise ValueError(f"tools[{index}] is invalid: use {{'type': 'function', 'function': ...}}")
+    if not function.get("name"):
+        raise ValueError(f"tools[{index}].function has no name: give it a 'name'")
+    return {"type": "function", "function": function}
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """Choice 0 keeps the request's seed; choice i gets one derived from (seed, i)."""
+    if seed is None or index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def prepare(call: Call, sampler: PowerSampler) -> list[Prepared]:
+    """Render every choice of ``call`` into a request on this sampler's model; a prompt that
+    does not fit raises ``ValueError`` here, before any choice runs."""
+    out: list[Prepared] = []
+    for p, prompt in enumerate(call.prompts):
+        prepared = _prepare_chat(call, prompt, sampler) if call.chat else None
+        if prepared is None:
+            ids = sampler.encode_prompt(prompt)
+            prepared = Prepared(0, Request(ids, call.config, call.stop))
+        sampler.check_fits(list(prepared.request.prompt))  # type: ignore[arg-type]
+        for j in range(call.n):
+            index = p * call.n + j
+            config = call.config.replace(seed=choice_seed(call.config.seed, index))
+            request = Request(prepared.request.prompt, config, prepared.request.stop)
+            out.append(Prepared(index, request, prepared.prefill, prepared.tools))
+    return out
+
+
+def _prepare_chat(call: Call, messages: Any, sampler: PowerSampler) -> Prepared:
+    backend = sampler._text_backend("chat messages")
+    dicts, tools = list(messages), [dict(t) for t in call.tools]
+    names = [t["function"]["name"] for t in tools]
+    prefill, stop = "", list(call.stop)
+    if call.json_mode and not tools:
+        schema = tc.SCHEMA_PROMPT.format(tc.to_json(call.json_schema)) if call.json_schema else ""
+        dicts, prefill = tc.with_system(dicts, tc.JSON_PROMPT + schema), tc.json_prefill(backend)
+    ids = tc.render_chat(backend, dicts, tools)
+    if tools and call.tool_choice != "auto":
+        name = call.tool_choice if call.tool_choice in names else None
+        name = names[0] if name is None and len(names) == 1 else name
+        prefill, stop = tc.call_prefill(name), [*stop, tc.CLOSE]
+    request = Request(ids + backend.encode(prefill), call.config, tuple(stop))
+    return Prepared(0, request, prefill, names)
+
+
+def finish(prepared: Prepared, splitter: tc.ReplySplitter, gen: Generation) -> Choice:
+    """A choice's generation read as content and tool calls (``splitter`` has seen its text)."""
+    content, tail, calls_text = splitter.finish()
+    calls: list[dict[str, Any]] = []
+    if prepared.tools and calls_text:
+        calls, _errors = tc.parse_calls(calls_text, prepared.tools)
+        if not calls:  # nothing parsed: the reply is shown as written, as text
+            content, tail = splitter.text, splitter.text[splitter.sent :]
+    reason = "tool_calls" if calls else gen.finish_reason
+    return Choice(
+        prepared.index,
+        content if content or not calls else None,
+        tail,
+        calls,
+        reason,
+        len(prepared.request.prompt),
+        len(gen.token_ids),
+        gen,
+    )
+
+
+def usage(choices: Sequence[Choice], n: int) -> dict[str, int]:
+    """OpenAI's usage: each prompt counted once (its ``n`` choices share it), every choice's
+    completion tokens."""
+    prompts = {c.index // max(n, 1): c.prompt_tokens for c in choices}
+    prompt_tokens, completion = sum(prompts.values()), sum(c.completion_tokens for c in choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
