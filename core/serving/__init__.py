@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError("the server needs: pip install 'power-sampling[serve]'") from exc
 
 from .app import create_app
-from .background import BackgroundServer
+from .background import BackgroundServer, free_port
 from .engine import LocalEngine
 
-__all__ = ["BackgroundServer", "LocalEngine", "create_app"]
+__all__ = ["BackgroundServer", "LocalEngine", "create_app", "free_port"]
