@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import ValidationError
 
 from ..cli.common import error_message
 from ..config import PowerSamplingConfig
@@ -169,12 +169,7 @@ def _error_parts(exc: BaseException) -> tuple[int, dict[str, Any]]:
 
 
 def _param(exc: BaseException) -> str | None:
-    """The field a validation error is about, when it names one."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors) and not isinstance(exc, BaseModel):
-        try:
-            locations = [e.get("loc", ()) for e in errors()]
-        except Exception:
-            return None
-        return ".".join(str(p) for p in locations[0]) if locations and locations[0] else None
-    return None
+    """The request field a validation error is about."""
+    if not isinstance(exc, ValidationError) or not exc.errors():
+        return None
+    return ".".join(str(p) for p in exc.errors()[0].get("loc", ())) or None

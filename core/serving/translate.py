@@ -102,7 +102,9 @@ def settings_of(body: ChatCompletionRequest | CompletionRequest) -> dict[str, An
     return settings
 
 
-def _config(body: ChatCompletionRequest | CompletionRequest, defaults: PowerSamplingConfig) -> Any:
+def _config(
+    body: ChatCompletionRequest | CompletionRequest, defaults: PowerSamplingConfig
+) -> PowerSamplingConfig:
     if (name := body.unsupported()) is not None:
         raise ValueError(f"{name} is not supported by this server: leave it out")
     return resolve_settings(defaults, settings_of(body))

@@ -34,10 +34,12 @@ LONG = " ".join(f"word{i}" for i in range(150))
 
 
 def reply(prompt: str) -> str:
-    """The scripted model's answer: a tool call when tools are offered, DSPy's field format
-    when DSPy asks, a long text when asked to ramble, else :data:`ANSWER`."""
+    """The scripted model's answer: a tool call when tools are offered, JSON when asked for,
+    DSPy's field format when DSPy asks, a long text when asked to ramble, else :data:`ANSWER`."""
     if "<tools>" in prompt and "<tool_response>" not in prompt:
         return f"<tool_call>\n{json.dumps(CALL)}\n</tool_call>"
+    if "Reply with one JSON object" in prompt:
+        return '{"answer": 4}'
     if "[[ ## answer ## ]]" in prompt:
         return "[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]"
     if "ramble" in prompt:

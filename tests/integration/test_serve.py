@@ -110,6 +110,23 @@ def test_tool_calls_whole_and_streamed(server: Any) -> None:
     assert none.choices[0].message.content == ANSWER
 
 
+def test_forced_tool_choice_and_json_mode(server: Any) -> None:
+    c = client(server[0])
+    named = {"type": "function", "function": {"name": "add"}}
+    for choice in ("required", named):
+        response = c.chat.completions.create(
+            model="scripted", messages=USER, tools=[ADD_TOOL], tool_choice=choice
+        )
+        (call,) = response.choices[0].message.tool_calls
+        assert json.loads(call.function.arguments) == CALL["arguments"]
+    for fmt in (
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+    ):
+        response = c.chat.completions.create(model="scripted", messages=USER, response_format=fmt)
+        assert json.loads(response.choices[0].message.content) == {"answer": 4}
+
+
 def test_text_completions_several_prompts_and_choices(server: Any) -> None:
     response = client(server[0]).completions.create(
         model="scripted", prompt=["Q: 2 + 2?", "Q: 3 + 1?"], n=2, seed=1
