@@ -14,6 +14,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
+from power_sampling import PowerSamplingConfig  # noqa: E402
 from power_sampling.serving import free_port  # noqa: E402
 
 CLI = [sys.executable, "-m", "power_sampling.cli", "serve"]
@@ -53,7 +54,8 @@ def test_serve_answers_and_stops_on_ctrl_c(tiny_model_dir: Path) -> None:
         body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "seed": 0}
         response = httpx.post(url + "/chat/completions", json=body, timeout=120).json()
         assert response["usage"]["completion_tokens"] <= 6
-        assert response["power_sampling"]["budget"]["top_k"] == 4  # the cpu preset
+        cpu = PowerSamplingConfig.preset("cpu")
+        assert response["power_sampling"]["budget"]["num_rollouts"] == cpu.num_rollouts
     finally:
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=60)
