@@ -489,11 +489,11 @@ class TransformersBackend:
         at_token = next(
             (j + 1 for j in range(start, len(tokens)) if tokens[j] in stop.token_ids), 0
         )
-        at_string = tokens_to_stop(
-            self.decode, tokens[: at_token or len(tokens)], start, stop.strings
-        )
-        if at_string is not None:
-            return at_string, True
+        if stop.strings:  # only a backend with a tokenizer has them (checked in sample)
+            upto = tokens[: at_token or len(tokens)]
+            at_string = tokens_to_stop(self.decode, upto, start, stop.strings)
+            if at_string is not None:
+                return at_string, True
         if at_token:
             return at_token, True
         return (limit, False) if len(tokens) >= limit else None
