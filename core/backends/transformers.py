@@ -11,6 +11,10 @@ then M rollouts of each of K candidates, then the next step from the chosen cand
   candidate rows, and the next step's prefix is a kept row itself;
 * rows leave the batch when they end, and large batches are split by ``max_batch_size``.
 
+The module is longer than most because it is one class whose methods share the model, the kept
+store and the lock; the row bookkeeping, token draws and grammar masks live in ``kv_rows.py``,
+``draws.py`` and ``masks.py``.
+
 Rows of different lengths share a batch by padding: caches are left-padded with masked zero
 columns, and rows extended by different numbers of tokens leave masked holes; positions count
 real tokens only, so every row sees exactly the positions of its own sequence.

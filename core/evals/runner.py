@@ -22,6 +22,9 @@ Seeds: the run seed is ``config.seed`` (0 when None, so runs repeat). Each ``gen
 gets a seed derived from the run seed and its first (problem, sample) pair, recorded with every
 sample. Prompts in one call share a random stream, so a sample repeats exactly only when its
 batch is made up the same way (same ``batch_size`` and resume points).
+
+Longer than most modules because these steps share one record format and one resume rule; the
+grading itself is in :mod:`.tasks` and :mod:`.graders`.
 """
 
 from __future__ import annotations

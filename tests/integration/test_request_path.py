@@ -214,3 +214,27 @@ def test_user_binds_a_tool_without_a_name() -> None:
     llm = ChatPowerSampling(backend=ScriptedLM(tiny_tokenizer(), "x"), **SMALL)
     with pytest.raises(ValueError, match="give it a 'name'"):
         llm.bind_tools([{"description": "adds", "parameters": {"type": "object"}}])
+
+
+def test_first_load_shows_no_progress_bar_inside_streamed_text(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights load before the first token, with transformers' progress bars off meanwhile (and
+    back on afterwards), so nothing interleaves with the text a caller streams."""
+    from transformers.utils import logging as hf_logging
+
+    import power_sampling.models as models
+
+    seen: list[bool] = []
+    resolve = models.resolve_model
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(hf_logging.is_progress_bar_enabled())
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(models, "resolve_model", recording)
+    hf_logging.enable_progress_bar()
+    llm = ChatPowerSampling(model=str(tiny_model_dir), dtype="bfloat16", **SMALL, max_new_tokens=2)
+    chunks = list(llm.stream("Hi"))
+    assert seen == [False] and hf_logging.is_progress_bar_enabled()
+    assert chunks and all("%|" not in str(c.content) for c in chunks)
