@@ -46,6 +46,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=768, help="new tokens (4 blocks of 192)")
     parser.add_argument("--batch", type=int, default=8, help="prompts in the batched run")
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip MCMC beyond this")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=512,
+        help="rows per model run: the batch's 8 x K x M = 512 rollouts in one run (a smaller "
+        "cap splits a call into runs one after another, which lengthens the critical path)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json-out", default=None)
     return parser.parse_args(argv)
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     config = settings(args.set, args.tokens)
     began = time.perf_counter()
-    kwargs = {"device": args.device, **({"dtype": args.dtype} if args.dtype else {})}
+    kwargs: dict[str, Any] = {"device": args.device, "max_batch_size": args.max_batch_size}
+    kwargs.update({"dtype": args.dtype} if args.dtype else {})
     backend = IgnoreEOS(resolve_model(args.model, **kwargs))
     sampler = PowerSampler(backend, config)
     paper = dict(method="power", adaptive_tolerance=0.0, reuse_rollouts=False)
