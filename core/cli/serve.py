@@ -39,6 +39,7 @@ def add_parser(subparsers: Any) -> None:
             examples:
               power-sampling serve --preset cpu
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --device cuda --port 8000
+              power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --backend vllm
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --replicas 8 \\
                   --gpus-per-replica 1 --ray-address auto
             """
@@ -46,6 +47,13 @@ def add_parser(subparsers: Any) -> None:
     )
     add_config_arguments(parser)
     add_model_arguments(parser)
+    parser.add_argument(
+        "--backend",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="run the model with transformers (default) or on a vLLM engine (needs the [vllm] "
+        "extra; --device does not apply: vLLM picks its GPUs, e.g. by CUDA_VISIBLE_DEVICES)",
+    )
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
     group.add_argument("--port", type=int, default=8000, help="port to listen on [8000]")
@@ -101,6 +109,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..models import DEFAULT_MODEL
 
     config = config_from_args(args)  # fail fast, before the model loads
+    if args.backend == "vllm" and args.device is not None:
+        raise UsageError(
+            f"--device {args.device} does not apply to --backend vllm: vLLM picks its platform; "
+            "choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
     check_model_arguments(args)
     for name in ("max_batch", "max_queue", "replicas"):
         value = getattr(args, name)
@@ -115,12 +128,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     options = dict(window=args.batch_window, max_batch=args.max_batch, max_queue=args.max_queue)
     engine: Any
     if args.replicas:
-        from ..loaded import load_shared
         from ..serving.replicas import RayEngine
 
-        load = functools.partial(load_shared, args.model, device=args.device, dtype=args.dtype)
         engine = RayEngine(
-            load,
+            _loader(args),
             args.replicas,
             address=args.ray_address,
             num_cpus=args.cpus_per_replica,
@@ -128,7 +139,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             **options,
         )
     else:
-        engine = LocalEngine(load_backend(args), **options)
+        engine = LocalEngine(_loader(args)(), **options)
     name = args.served_model_name or args.model or DEFAULT_MODEL
     app = create_app(engine, model=name, defaults=config)
     if not args.quiet:
@@ -145,3 +156,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         engine.close()  # also closed by the app's shutdown; a second close is a no-op
     return 0
+
+
+def _loader(args: argparse.Namespace) -> Any:
+    """A picklable function that loads the model (in this process, or in each Ray replica)."""
+    if args.backend == "vllm":
+        from .bench import load_vllm_backend
+
+        options = argparse.Namespace(model=args.model, device=None, dtype=args.dtype)
+        return functools.partial(load_vllm_backend, options)
+    if args.replicas:
+        from ..loaded import load_shared
+
+        return functools.partial(load_shared, args.model, device=args.device, dtype=args.dtype)
+    return functools.partial(load_backend, args)

@@ -3,6 +3,7 @@ HTTP, stopped with Ctrl-C (SIGINT)."""
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from power_sampling import PowerSamplingConfig  # noqa: E402
+from power_sampling.cli import main  # noqa: E402
 from power_sampling.serving import free_port  # noqa: E402
 
 CLI = [sys.executable, "-m", "power_sampling.cli", "serve"]
@@ -61,3 +63,14 @@ def test_serve_answers_and_stops_on_ctrl_c(tiny_model_dir: Path) -> None:
         _, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
     assert f"Serving tiny at http://127.0.0.1:{port}/v1" in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_serve_on_vllm_without_vllm_says_how_to_install(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--backend", "vllm", "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'power-sampling[vllm]'" in err and "Traceback" not in err
+    assert main(["serve", "--backend", "vllm", "--device", "cuda"]) == 2
+    assert "does not apply to --backend vllm" in capsys.readouterr().err
