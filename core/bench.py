@@ -14,6 +14,9 @@ effect of the options beyond the paper, and the power sampler's efficiency: the 
 second it generates, everything between model calls included, against the model's own
 ``generate`` running the very same batched calls (recorded, then replayed). Timings on shared
 machines are noisy: read ratios, not absolutes.
+
+Longer than most modules because every measurement above shares one recorder, one report and
+one markdown table; its command line is in :mod:`power_sampling.cli.bench`.
 """
 
 from __future__ import annotations

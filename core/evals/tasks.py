@@ -13,6 +13,9 @@ step-by-step reasoning with the final answer in ``\\boxed{}``; HumanEval gives t
 complete; GPQA lists the four choices in a seeded random order and asks for ``\\boxed{LETTER}``.
 ``chat=True`` builds a list of ``{"role", "content"}`` messages for instruct models, and
 ``chat=False`` a plain string for base models, which continue it.
+
+Longer than most modules: one small class per benchmark, kept together so their prompts and
+grading read side by side; the graders themselves are in :mod:`.graders`.
 """
 
 from __future__ import annotations

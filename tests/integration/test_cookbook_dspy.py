@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from power_sampling import PowerSamplingConfig
+
 dspy = pytest.importorskip("dspy")
 pytest.importorskip("transformers")
 
@@ -37,7 +39,9 @@ def test_04_chain_of_thought_compares_power_and_standard(capsys: pytest.CaptureF
     runpy.run_path(str(COOKBOOK / "04_dspy_chain_of_thought.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "standard:" in out and "power:" in out
-    assert "power/" in out and "@a4-k4-m4-" in out  # the settings are in the model string
+    cpu = PowerSamplingConfig.preset("cpu")
+    summary = f"@a{cpu.alpha:g}-k{cpu.top_k}-m{cpu.num_rollouts}-"
+    assert "power/" in out and summary in out  # the settings are in the model string
 
 
 def test_05_react_agent_runs(capsys: pytest.CaptureFixture) -> None:
