@@ -200,7 +200,7 @@ def test_corrupt_output_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_unknown_task() -> None:
-    with pytest.raises(ValueError, match="unknown task 'gsm9k'; valid names are: gpqa, gsm8k"):
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'; valid names are: arithmetic, gpqa, gsm8k"):
         evaluate(PowerSampler(scripted_gsm8k([]), TINY), "gsm9k", limit=1)
 
 
@@ -251,7 +251,9 @@ def test_compare_every_method_on_the_tiny_model(tmp_path: Path, tiny_backend: An
         assert summary.latency_s > 0
     power = result.summaries[-1]
     assert power.rollout_tokens > 0 and power.candidate_tokens > 0
-    assert result.table.count("\n| ") == len(methods) + 1  # the header too
+    summary_table, paired = result.table.split("Paired against", 1)
+    assert summary_table.count("\n| ") == len(methods) + 1  # the header too
+    assert "McNemar" in paired and len(result.paired) == len(methods) - 1
     assert "scalable power (alpha=4, K=2, M=2)" in result.table
     assert result.table_path.read_text().strip() == result.table
     assert result.plot_path is not None
@@ -259,7 +261,7 @@ def test_compare_every_method_on_the_tiny_model(tmp_path: Path, tiny_backend: An
 
     again = compare(sampler, "gsm8k", limit=2, output_dir=tmp_path, batch_size=2)
     assert CountingSampler.prompts == 2 * len(methods)  # everything resumed from the files
-    assert markdown_table(again.summaries) == result.table
+    assert again.table == result.table and markdown_table(again.summaries) in result.table
 
 
 # -- the CLI -----------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def test_cli_eval_and_compare(
     argv = ["eval", "compare", "--task", "GSM8K", "--limit", "2", "--methods", "standard,power"]
     assert main([*argv, *flags]) == 0
     table = capsys.readouterr().out
-    assert table.count("\n| ") == 3 and "standard (T=1)" in table
+    assert table.split("Paired against")[0].count("\n| ") == 3 and "standard (T=1)" in table
     assert (tmp_path / "gsm8k-compare.png").is_file()
     assert (tmp_path / "gsm8k-compare.md").read_text().strip() == table.strip()
 
