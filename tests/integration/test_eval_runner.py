@@ -200,7 +200,8 @@ def test_corrupt_output_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_unknown_task() -> None:
-    with pytest.raises(ValueError, match="unknown task 'gsm9k'; valid names are: arithmetic, gpqa, gsm8k"):
+    expected = "unknown task 'gsm9k'; valid names are: arithmetic, gpqa, gsm8k"
+    with pytest.raises(ValueError, match=expected):
         evaluate(PowerSampler(scripted_gsm8k([]), TINY), "gsm9k", limit=1)
 
 
