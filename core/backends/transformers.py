@@ -256,6 +256,11 @@ class TransformersBackend:
             tokenize=False,
         )
 
+    def forget_kept(self) -> None:
+        """Drop the kept rows (their KV caches and logits); later calls prefill afresh."""
+        with self._lock:
+            self._kept.batches.clear()
+
     # -- the protocol ------------------------------------------------------------------------
 
     def top_k(

@@ -14,6 +14,7 @@ from ..bench import (
     run_bench,
     token_prompts,
 )
+from ..bench_memory import memory_by_prompt_length, memory_markdown
 from ..random_models import is_random
 from ..sampler import PowerSampler, Prompt
 from .common import (
@@ -61,6 +62,12 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="skip replaying the power sampler's calls through model.generate (the efficiency)",
     )
+    parser.add_argument(
+        "--prompt-lengths",
+        metavar="N,N,...",
+        help="also measure each method's peak memory generating from one prompt of each of "
+        "these lengths in tokens (fixed token ids), e.g. 256,1024,4096",
+    )
     parser.add_argument("--json-out", help="also write the JSON report to this file")
     parser.add_argument(
         "--constraint",
@@ -92,6 +99,7 @@ def _cmd_bench(args: Any) -> int:
         raise UsageError(f"--prompts must be between 1 and {len(BENCH_PROMPTS)}")
     if args.samples < 1:
         raise UsageError(f"--samples {args.samples} is invalid: use an integer >= 1")
+    lengths = parse_lengths(args.prompt_lengths) if args.prompt_lengths else []
     if "mcmc_steps" not in args:  # the baseline is the paper's chain, whatever the preset
         config = config.replace(mcmc_steps=PAPER_MCMC_STEPS)
     threads = args.threads
@@ -107,6 +115,13 @@ def _cmd_bench(args: Any) -> int:
     prompts: list[Prompt] = list(BENCH_PROMPTS[: args.prompts])
     if not isinstance(backend, TextBackend):  # e.g. random:<architecture>: no tokenizer
         prompts = list(token_prompts(backend, args.prompts))
+    context = getattr(backend, "max_context", None)
+    if lengths and context is not None and max(lengths) + config.max_new_tokens > context:
+        raise UsageError(
+            f"--prompt-lengths {args.prompt_lengths}: {max(lengths)} prompt tokens plus "
+            f"{config.max_new_tokens} new ones exceed the model's context of {context} "
+            "tokens; use shorter lengths or a lower --max-new-tokens"
+        )
     sampler = PowerSampler(backend, config.replace(method="power"))
     if args.constraint:
         report = constraint_overhead(
@@ -129,10 +144,30 @@ def _cmd_bench(args: Any) -> int:
         replay=not args.no_replay,
     )
     print(markdown(report))
+    if lengths:
+        report["memory_by_prompt_length"] = memory_by_prompt_length(
+            sampler, lengths, ignore_eos=report["ignore_eos"]
+        )
+        print()
+        print(memory_markdown(report["memory_by_prompt_length"]))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
     return 0
+
+
+def parse_lengths(spec: str) -> list[int]:
+    """Prompt lengths from ``--prompt-lengths`` (comma-separated integers >= 1)."""
+    try:
+        lengths = [int(part) for part in spec.split(",")]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise UsageError(
+            f"--prompt-lengths {spec!r} is invalid: use comma-separated token counts >= 1, "
+            "e.g. 256,1024,4096"
+        )
+    return lengths
 
 
 def parse_constraint(spec: str) -> Any:

@@ -98,7 +98,8 @@ def test_bench_command_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "power_sampling.cli", "bench", "--model", str(tmp_path / "tiny"),
-         "--prompts", "1", "--samples", "1", "--no-options", "--json-out", str(out), *flags],
+         "--prompts", "1", "--samples", "1", "--no-options", "--json-out", str(out),
+         "--prompt-lengths", "64,16", *flags],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -106,3 +107,10 @@ def test_bench_command_writes_json(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["settings"]["block_size"] == 4
     assert set(report["methods"]) == {"standard", "power", "mcmc"}
+    memory = report["memory_by_prompt_length"]
+    assert "Peak memory growth" in result.stdout
+    for rows in memory["methods"].values():  # standard, power and mcmc, shortest prompt first
+        assert [r["prompt_tokens"] for r in rows] == [16, 64]
+        assert all(r["peak_memory_mb"] >= 0 and r["seconds"] > 0 for r in rows)
+    assert set(memory["methods"]) == {"standard", "power", "mcmc"}
+    assert memory["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # layers, k/v, heads, dims, float32
