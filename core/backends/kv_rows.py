@@ -7,9 +7,10 @@ rows extended by different numbers of tokens leave masked holes (``mask`` is 0 t
 here runs the model; :mod:`power_sampling.backends.transformers` does.
 
 Rows that continue the same prefix share its keys and values (:func:`share`): each layer stores
-the prefixes once and only the tokens after them per row (:class:`SharedLayer`), so n rollouts of
-a long prompt hold one copy of it, not n. The model still attends over whole rows: a layer's
-full keys are assembled for its attention and dropped after it, one layer at a time.
+the prefixes once and only the tokens after them per row (:class:`~.kv_shared.SharedLayer`), so
+n rollouts of a long prompt hold one copy of it, not n, and batches that mix kept and fresh
+rows (:func:`concat`) keep what their rows shared. The model still attends over whole rows: a
+layer's full keys are assembled for its attention and dropped after it, one layer at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from .kv_shared import SharedLayer, pad_left, stack, stack_masks
 
 Seq = tuple[int, ...]
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -103,11 +106,12 @@ class KeptStore:
             self.batches.append(best[0])
         return best
 
-    def gather(self, prefixes: list[Seq], device: torch.device) -> tuple[Rows, list[int]]:
-        """One row per prefix: the longest kept row it starts with, or an empty row.
+    def gather(self, prefixes: list[Seq]) -> tuple[Rows | None, list[int], list[int]]:
+        """The longest kept row each prefix starts with, for the prefixes that have one.
 
-        Returns the rows and, for each row, the index of its prefix in ``prefixes`` (rows come
-        grouped by kept batch, the empty ones last). The caller runs each row's missing tokens.
+        Returns those rows (None if no prefix has one; grouped by kept batch), the index in
+        ``prefixes`` of each of them, and the indices of the prefixes with no kept row. The
+        caller runs each row's missing tokens.
         """
         groups: dict[int, tuple[Kept, list[int], list[int]]] = {}
         fresh = []
@@ -120,75 +124,21 @@ class KeptStore:
                 members.append(i)
                 picks.append(hit[1])
         parts = [select(kept.rows, picks) for kept, _, picks in groups.values()]
-        order = [i for _, members, _ in groups.values() for i in members] + fresh
-        if fresh:
-            parts.append(Rows.empty(len(fresh), device))
-        return concat(parts), order
-
-
-class SharedLayer(DynamicLayer):
-    """A cache layer whose rows continue shared prefixes: ``prefix_keys`` / ``prefix_values``
-    hold each prefix once (``[prefixes, heads, columns, head_dim]``), ``index`` names the prefix
-    of every row, and ``own_keys`` / ``own_values`` hold only each row's tokens after it."""
-
-    def __init__(
-        self,
-        prefix: tuple[torch.Tensor, torch.Tensor],
-        index: torch.Tensor,
-        own: tuple[torch.Tensor, torch.Tensor],
-    ) -> None:
-        super().__init__()
-        self.prefix_keys, self.prefix_values = prefix
-        self.index = index
-        self.lazy_initialization(*own)
-        self.own_keys, self.own_values = own
-        self.keys, self.values = own
-
-    def full(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole rows: each row's prefix followed by its own tokens (new tensors)."""
-        return self._whole(self.prefix_keys, self.own_keys), self._whole(
-            self.prefix_values, self.own_values
-        )
-
-    def _whole(self, prefix: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-        rows, width = len(self.index), prefix.shape[-2]
-        out = own.new_empty(rows, own.shape[1], width + own.shape[2], own.shape[3])
-        # One prefix (the common case) is broadcast straight into place, with no gathered copy.
-        source = prefix.expand(rows, -1, -1, -1) if prefix.shape[0] == 1 else prefix[self.index]
-        out[:, :, :width] = source
-        out[:, :, width:] = own
-        return out
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.own_keys = torch.cat([self.own_keys, key_states], dim=-2)
-        self.own_values = torch.cat([self.own_values, value_states], dim=-2)
-        self.keys, self.values = self.own_keys, self.own_values
-        return self.full()
-
-    def get_seq_length(self) -> int:
-        return int(self.prefix_keys.shape[-2] + self.own_keys.shape[-2])
-
-    def select(self, at: torch.Tensor) -> SharedLayer:
-        """The rows ``at`` (repeats allowed), still sharing the same prefixes."""
-        own = (self.own_keys.index_select(0, at), self.own_values.index_select(0, at))
-        return SharedLayer((self.prefix_keys, self.prefix_values), self.index[at], own)
+        order = [i for _, members, _ in groups.values() for i in members]
+        return (concat(parts) if parts else None), order, fresh
 
 
 def share(rows: Rows, index: list[int]) -> Rows:
     """Like :func:`select`, but the rows keep one copy of each prefix: new rows continuing the
-    same sequence (a prefix's ``n`` samples) cost only their own tokens."""
-    if rows.shared:
-        return select(rows, index)
+    same sequence (a prefix's ``n`` samples) cost only their own tokens. Rows that already
+    share their prefixes share them further (:meth:`SharedLayer.share`)."""
     at = torch.tensor(index, dtype=torch.long, device=rows.mask.device)
     cache = DynamicCache()
-    for keys, values in rows.kv:
-        empty = (
-            keys.new_zeros(len(index), *keys.shape[1:2], 0, keys.shape[3]),
-            values.new_zeros(len(index), *values.shape[1:2], 0, values.shape[3]),
-        )
-        cache.layers.append(SharedLayer((keys, values), at, empty))
+    if rows.shared:
+        layers: list[Any] = list(rows.cache.layers)  # all SharedLayer
+        cache.layers.extend(layer.share(at) for layer in layers)
+    else:
+        cache.layers.extend(SharedLayer.of(keys, values, at) for keys, values in rows.kv)
     logits = None if rows.logits is None else rows.logits.index_select(0, at)
     return Rows([rows.seqs[i] for i in index], cache, rows.mask.index_select(0, at), logits)
 
@@ -219,19 +169,24 @@ def select(rows: Rows, index: list[int]) -> Rows:
 
 
 def concat(parts: list[Rows]) -> Rows:
-    """Stack batches, left-padding narrower ones with masked zero columns."""
+    """Stack batches, left-padding narrower ones with masked zero columns. If any part shares
+    its prefixes the result does too, and what the parts shared stays shared
+    (:func:`~.kv_shared.stack`); plain parts are stacked as they are."""
     if len(parts) == 1:
         return parts[0]
-    width = max(p.mask.shape[1] for p in parts)
-    kvs = [p.kv for p in parts]  # shared prefixes are copied out here
-    like = next((kv for kv in kvs if kv), [])
-    per_part = [kv or uncached(like, len(p.seqs)) for kv, p in zip(kvs, parts, strict=True)]
-    kv = []
-    for i in range(len(like)):
-        keys = torch.cat([pad_left(layers[i][0], width, 2) for layers in per_part])
-        values = torch.cat([pad_left(layers[i][1], width, 2) for layers in per_part])
-        kv.append((keys, values))
-    mask = torch.cat([pad_left(p.mask, width, 1) for p in parts])
+    if any(p.shared for p in parts):
+        cache, mask = _stack_shared(parts)
+    else:
+        width = max(p.mask.shape[1] for p in parts)
+        kvs = [p.kv for p in parts]
+        like = next((kv for kv in kvs if kv), [])
+        per_part = [kv or uncached(like, len(p.seqs)) for kv, p in zip(kvs, parts, strict=True)]
+        kv = []
+        for i in range(len(like)):
+            keys = torch.cat([pad_left(layers[i][0], width, 2) for layers in per_part])
+            values = torch.cat([pad_left(layers[i][1], width, 2) for layers in per_part])
+            kv.append((keys, values))
+        cache, mask = new_cache(kv), torch.cat([pad_left(p.mask, width, 1) for p in parts])
     logits = None
     first = next((p.logits for p in parts if p.logits is not None), None)
     if first is not None:
@@ -239,7 +194,25 @@ def concat(parts: list[Rows]) -> Rows:
         logits = torch.cat(
             [blank.expand(len(p.seqs), -1) if p.logits is None else p.logits for p in parts]
         )
-    return Rows([s for p in parts for s in p.seqs], new_cache(kv), mask, logits)
+    return Rows([s for p in parts for s in p.seqs], cache, mask, logits)
+
+
+def _stack_shared(parts: list[Rows]) -> tuple[DynamicCache, torch.Tensor]:
+    """The cache and mask of the parts stacked as shared rows; a plain part's rows become
+    pieces of their own (not copied per row), a part without a cache gets zero columns."""
+    given: list[tuple[list[SharedLayer] | None, torch.Tensor]] = []
+    for p in parts:
+        layers: list[Any] = list(p.cache.layers)
+        if p.shared:
+            given.append((layers, p.mask))
+        elif layers:
+            at = torch.arange(len(p.seqs), device=p.mask.device)
+            given.append(([SharedLayer.of(k, v, at) for k, v in p.kv], p.mask))
+        else:
+            given.append((None, p.mask))
+    cache = DynamicCache()
+    cache.layers.extend(stack(given))
+    return cache, stack_masks(given)
 
 
 def uncached(like: KV, rows: int) -> KV:
@@ -248,10 +221,3 @@ def uncached(like: KV, rows: int) -> KV:
         (k.new_zeros(rows, k.shape[1], 0, k.shape[3]), v.new_zeros(rows, v.shape[1], 0, v.shape[3]))
         for k, v in like
     ]
-
-
-def pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """``t`` with zero columns prepended along ``dim`` up to ``width``."""
-    shape = list(t.shape)
-    shape[dim] = width - t.shape[dim]
-    return torch.cat([t.new_zeros(shape), t], dim=dim) if shape[dim] else t

@@ -375,14 +375,24 @@ class TransformersBackend:
         """One row with cache and next-token logits per distinct prefix.
 
         Kept rows are gathered and run only their extra tokens; the other prefixes are
-        prefilled in the same left-padded forward. Returns the rows, the row of every prefix,
-        and the number of tokens run.
+        prefilled together, in a forward of their own when kept rows need tokens too, so the
+        kept rows' shared caches get no columns of the fresh prompts' width (and the fresh rows
+        none of theirs beyond the shared prefix pieces, :func:`~.kv_rows.concat`). Returns the
+        rows, the row of every prefix, and the number of tokens run.
         """
         distinct = list(dict.fromkeys(prefixes))
-        rows, order = self._kept.gather(distinct, self.device)
-        extra = [distinct[i][len(s) :] for i, s in zip(order, rows.seqs, strict=True)]
-        forward = self._extend(rows, extra)
-        row_of = {distinct[i]: j for j, i in enumerate(order)}
+        kept, order, fresh = self._kept.gather(distinct)
+        parts, forward = [], 0
+        if kept is not None:
+            extra = [distinct[i][len(s) :] for i, s in zip(order, kept.seqs, strict=True)]
+            forward += self._extend(kept, extra)
+            parts.append(kept)
+        if fresh:
+            new = Rows.empty(len(fresh), self.device)
+            forward += self._extend(new, [distinct[i] for i in fresh])
+            parts.append(new)
+        rows = concat(parts)
+        row_of = {distinct[i]: j for j, i in enumerate(order + fresh)}
         return rows, [row_of[p] for p in prefixes], forward
 
     # -- running the model -------------------------------------------------------------------
