@@ -293,6 +293,8 @@ class TransformersBackend:
                     self.device,
                 )
                 allowed, _ = masks.allowed(range(len(chunk)))
+                for j in masks.dead:  # a dead end allows nothing, so nothing is ranked
+                    allowed[j] = False
                 logp = logp.index_select(0, torch.tensor(where, device=self.device))
                 logp = logp.masked_fill(~allowed, -torch.inf)
                 where = list(range(len(chunk)))

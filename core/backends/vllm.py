@@ -25,14 +25,34 @@ for). At temperature 1 both are the base log-probs. At another temperature
   (``returns_proposal_logprobs`` is False). Nothing is approximated.
 
 ``from_pretrained`` builds a ``processed_logprobs`` engine, so every sampler runs on it.
-Constrained outputs (``constraint=``) are not supported yet and are refused with a clear error.
+
+Constrained outputs (``constraint=``, one matcher per prefix, positioned after the tokens the
+prefix already holds) have the transformers backend's semantics exactly: tokens drawn from the
+allowed ones renormalised (at the temperature), base log-probs unnormalised, ``log_mass`` the
+summed log allowed mass, a dead end cutting the continuation (mass -inf), and ``top_k`` ranking
+only allowed tokens by base log-prob (any k, not capped by ``max_logprobs``). vLLM's structured
+outputs cannot give that (they start the grammar at the first output token and report no
+mass), so a logits processor of this package applies the masks
+(:mod:`.vllm_constraints`). Under a constraint the drawn log-probs are the masked ones in a
+``processed_logprobs`` engine (base = drawn + mass at temperature 1, rescored otherwise) and the
+base ones in a ``raw_logprobs`` engine (proposal = base - mass at temperature 1, none otherwise).
+
+Supported where the processor can run: an engine built with it (``from_pretrained`` adds it on
+vLLM's V1 model runner), its engine core and worker in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, one device). Elsewhere (vLLM's V2 model runner, the
+default multiprocess engine, tensor or pipeline parallelism, Ray) a constraint is refused with
+an error that names the missing piece; unconstrained calls run everywhere.
+
+Over 400 lines: the two protocol calls, their log-prob bookkeeping in both modes, with and
+without a constraint, and the engine checks read best together.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -43,8 +63,13 @@ from .base import (
     TopK,
     TopKOutput,
     budgets,
+    check_constraint,
     validate_prefixes,
 )
+
+if TYPE_CHECKING:
+    from ..constraints import Matcher
+    from .vllm_constraints import Call
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 """Chat end-of-turn tokens that end a continuation whenever the vocabulary has them."""
@@ -119,8 +144,9 @@ class VLLMBackend:
         ``pipeline_parallel_size``, ``data_parallel_size``, ``distributed_executor_backend="ray"``
         for several nodes, ``dtype``, ``gpu_memory_utilization``, ``max_model_len``,
         ``enforce_eager`` and so on. Defaults set here: ``logprobs_mode="processed_logprobs"``
-        (exact proposal log-probs, see the module docstring) and ``max_logprobs=64`` (the
-        largest ``top_k`` the backend can ask for).
+        (exact proposal log-probs, see the module docstring), ``max_logprobs=64`` (the
+        largest unconstrained ``top_k`` the backend can ask for), and on vLLM's V1 model runner
+        the constraint's logits processor appended to ``logits_processors``.
         """
         try:
             from vllm import LLM
@@ -131,6 +157,9 @@ class VLLMBackend:
             ) from error
         engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         engine_kwargs.setdefault("max_logprobs", DEFAULT_MAX_LOGPROBS)
+        if _v1_model_runner():  # the constraint's logits processor (see vllm_constraints)
+            processors = list(engine_kwargs.get("logits_processors") or [])
+            engine_kwargs["logits_processors"] = [*processors, _PROCESSOR]
         try:
             llm = LLM(model=name_or_path, **engine_kwargs)
         except OSError as error:
@@ -199,26 +228,44 @@ class VLLMBackend:
     ) -> TopKOutput:
         from vllm import SamplingParams
 
+        from .vllm_constraints import registered
+
         validate_prefixes(prefixes, self.vocab_size)
-        _refuse_constraint(constraint)
+        calls = self._calls(constraint, len(prefixes), k)
         if k < 1:
             raise ValueError(f"k={k} is invalid: ask for at least one token")
         k = min(k, self.vocab_size)
-        if k > self.max_logprobs:
+        free = [i for i in range(len(prefixes)) if calls[i] is None]
+        if k > self.max_logprobs and free:
             raise ValueError(
                 f"top_k={k} is more than the engine's max_logprobs={self.max_logprobs}; build "
                 f"the engine with max_logprobs >= {k} (VLLMBackend.from_pretrained(..., "
                 f"max_logprobs={k}))"
             )
-        distinct = list(dict.fromkeys(tuple(int(t) for t in p) for p in prefixes))
-        params = SamplingParams(max_tokens=1, temperature=1.0, logprobs=k, seed=0, **_QUIET)
-        outputs, forward = self._generate(distinct, [params] * len(distinct))
+        requests = [tuple(int(t) for t in p) for p in prefixes]
+        # Unconstrained prefixes are asked once each; constrained ones carry their own matcher.
+        distinct = list(dict.fromkeys(requests[i] for i in free))
+        mine = [i for i in range(len(prefixes)) if calls[i] is not None]
+        ranked = SamplingParams(max_tokens=1, temperature=1.0, logprobs=k, seed=0, **_QUIET)
+        with registered([None] * len(distinct) + [calls[i] for i in mine]) as extras:
+            params = [ranked] * len(distinct) + [
+                SamplingParams(max_tokens=1, temperature=1.0, seed=0, extra_args=e, **_QUIET)
+                for e in extras[len(distinct) :]
+            ]
+            outputs, forward = self._generate(distinct + [requests[i] for i in mine], params)
         found = {}
-        for prefix, output in zip(distinct, outputs, strict=True):
-            ranked = sorted(output.outputs[0].logprobs[0].items(), key=lambda kv: kv[1].rank)
-            best = [(int(t), float(lp.logprob)) for t, lp in ranked if lp.rank <= k][:k]
-            found[prefix] = TopK(tuple(t for t, _ in best), tuple(v for _, v in best))
-        return TopKOutput([found[tuple(int(t) for t in p)] for p in prefixes], forward)
+        for prefix, output in zip(distinct, outputs, strict=False):
+            best = sorted(output.outputs[0].logprobs[0].items(), key=lambda kv: kv[1].rank)
+            pairs = [(int(t), float(lp.logprob)) for t, lp in best if lp.rank <= k][:k]
+            found[prefix] = TopK(tuple(t for t, _ in pairs), tuple(v for _, v in pairs))
+        entries = {i: found[requests[i]] for i in free}
+        for i in mine:
+            call = calls[i]
+            assert call is not None
+            if call.top is None:
+                call.walk([0])  # raises: the processor never saw this request
+            entries[i] = TopK(*call.top)  # type: ignore[misc]
+        return TopKOutput([entries[i] for i in range(len(prefixes))], forward)
 
     def sample(
         self,
@@ -234,8 +281,10 @@ class VLLMBackend:
     ) -> SampleOutput:
         from vllm import SamplingParams
 
+        from .vllm_constraints import registered
+
         validate_prefixes(prefixes, self.vocab_size)
-        _refuse_constraint(constraint)
+        calls = self._calls(constraint, len(prefixes))
         limits = budgets(max_new_tokens, len(prefixes))
         if n < 0 or min(limits, default=0) < 0:
             raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 0")
@@ -252,45 +301,85 @@ class VLLMBackend:
         empty = Continuation((), 0.0, False)
         grouped: list[list[Continuation]] = [[empty] * n for _ in prefixes]
         run = [i for i, limit in enumerate(limits) if n > 0 and limit > 0]
-        params = [
-            SamplingParams(
-                n=n,
-                max_tokens=limits[i],
-                temperature=temperature,
-                seed=seeds[i],
-                logprobs=0,
-                stop_token_ids=sorted(stop.token_ids),
-                stop=list(stop.strings) or None,
-                include_stop_str_in_output=True,
-                ignore_eos=True,  # the model's own ends are in stop.token_ids unless replaced
-                detokenize=bool(stop.strings),
-                skip_special_tokens=True,
-                spaces_between_special_tokens=False,
-            )
-            for i in run
-        ]
-        outputs, forward = self._generate([requests[i] for i in run], params)
+        with registered([calls[i] for i in run]) as extras:
+            params = [
+                SamplingParams(
+                    n=n,
+                    max_tokens=limits[i],
+                    temperature=temperature,
+                    seed=seeds[i],
+                    logprobs=0,
+                    stop_token_ids=sorted(stop.token_ids),
+                    stop=list(stop.strings) or None,
+                    include_stop_str_in_output=True,
+                    ignore_eos=True,  # the model's own ends are in stop.token_ids unless replaced
+                    detokenize=bool(stop.strings),
+                    skip_special_tokens=True,
+                    spaces_between_special_tokens=False,
+                    extra_args=extra,
+                )
+                for i, extra in zip(run, extras, strict=True)
+            ]
+            outputs, forward = self._generate([requests[i] for i in run], params)
         drawn = {
-            i: [_drawn(c, stop) for c in out.outputs] for i, out in zip(run, outputs, strict=True)
+            i: [_cut(_drawn(c, stop), calls[i]) for c in out.outputs]
+            for i, out in zip(run, outputs, strict=True)
         }
         rescore = temperature != 1.0 and self.logprobs_mode == "processed_logprobs"
         scores: dict[Seq, list[float]] = {}
         if rescore:  # the drawn log-probs are the proposal's; score the base ones
-            sequences = [requests[i] + t for i, rows in drawn.items() for t, _, _ in rows if t]
+            sequences = [
+                requests[i] + r.tokens for i, rows in drawn.items() for r in rows if r.tokens
+            ]
             scores, scored = self._score(sequences)
             forward += scored
         for i, rows in drawn.items():
-            grouped[i] = []
-            for tokens, logprobs, finished in rows:
-                if rescore:
-                    base = scores[requests[i] + tokens][-len(tokens) :] if tokens else []
-                    proposal: Sequence[float] = logprobs
-                else:  # raw log-probs are the base ones; at temperature 1 they are both
-                    base, proposal = logprobs, logprobs if temperature == 1.0 else ()
-                grouped[i].append(
-                    Continuation(tokens, sum(base), finished, tuple(base), tuple(proposal))
-                )
+            grouped[i] = [self._continuation(requests[i], r, temperature, scores) for r in rows]
         return SampleOutput(grouped, forward)
+
+    def _continuation(
+        self, prefix: Seq, drawn: _Drawn, temperature: float, scores: dict[Seq, list[float]]
+    ) -> Continuation:
+        """Base and proposal log-probs of one drawn continuation. Under a constraint vLLM draws
+        from the masked logits: ``processed_logprobs`` are the masked, renormalised ones
+        (base = proposal + log allowed mass at temperature 1), ``raw_logprobs`` the base ones."""
+        tokens, logprobs, masses = drawn.tokens, drawn.logprobs, drawn.masses
+        proposal: Sequence[float] = ()
+        if self.logprobs_mode == "raw_logprobs":
+            base = logprobs
+            if temperature == 1.0:
+                proposal = [lp - m for lp, m in zip(logprobs, masses, strict=True)]
+        elif temperature == 1.0:
+            base, proposal = [lq + m for lq, m in zip(logprobs, masses, strict=True)], logprobs
+        else:  # the drawn log-probs are the proposal's; the base ones come from rescoring
+            base = scores[prefix + tokens][-len(tokens) :] if tokens else []
+            proposal = logprobs
+        log_mass = -math.inf if drawn.dead else float(sum(masses))
+        return Continuation(
+            tokens, sum(base), drawn.finished, tuple(base), tuple(proposal), log_mass
+        )
+
+    def _calls(
+        self, constraint: Sequence[Matcher | None] | None, count: int, k: int = 0
+    ) -> list[Call | None]:
+        """One processor call per prefix (None where unconstrained); refuses an engine that
+        cannot run the constraint's logits processor, saying why."""
+        check_constraint(constraint, count)
+        if constraint is None or all(m is None for m in constraint):
+            return [None] * count
+        from ..constraints import Matcher
+        from .vllm_constraints import Call, unsupported_reason
+
+        for i, m in enumerate(constraint):
+            if m is not None and not isinstance(m, Matcher):
+                raise TypeError(
+                    f"constraint[{i}] is a {type(m).__name__}, not a Matcher; pass "
+                    "Constraint.matcher(backend, stop_token_ids) or None per prefix"
+                )
+        reason = unsupported_reason(self.llm)
+        if reason is not None:
+            raise ValueError(f"VLLMBackend cannot run constrained outputs here: {reason}")
+        return [None if m is None else Call(m, self.vocab_size, k) for m in constraint]
 
     # -- engine calls ------------------------------------------------------------------------
 
@@ -353,14 +442,18 @@ def _model_config(llm: Any) -> Any:
     return llm.llm_engine.model_config
 
 
-def _refuse_constraint(constraint: Sequence[Any] | None) -> None:
-    """Constrained outputs need per-step masks and the allowed mass, which this backend does not
-    compute yet: say so rather than ignore the constraint."""
-    if constraint is not None and any(m is not None for m in constraint):
-        raise ValueError(
-            "VLLMBackend does not support constrained outputs (constraint=...) yet; use "
-            "TransformersBackend for constrained generation, or drop the constraint"
-        )
+_PROCESSOR = "power_sampling.backends.vllm_constraints:ConstraintLogitsProcessor"
+
+
+def _v1_model_runner() -> bool:
+    """Whether vLLM will pick its V1 model runner, the one the constraint's logits processor
+    is written for: when asked to (``VLLM_USE_V2_MODEL_RUNNER=0``), or without Triton (the CPU
+    build); the V2 runner would refuse the processor at start-up."""
+    from vllm import envs
+    from vllm.triton_utils import HAS_TRITON
+
+    chosen = envs.VLLM_USE_V2_MODEL_RUNNER
+    return chosen is False or (chosen is None and not HAS_TRITON)
 
 
 def _seeds(seed: int, count: int) -> list[int]:
@@ -371,11 +464,33 @@ def _seeds(seed: int, count: int) -> list[int]:
     return [int(s) >> 2 for s in state[:count]]
 
 
-def _drawn(completion: Any, stop: StopCondition) -> tuple[Seq, list[float], bool]:
-    """Tokens, their drawn log-probs and the finished flag of one vLLM completion. vLLM checks
-    the length budget before stop tokens, so a stop token drawn last reads "length": the flag
-    comes from the tokens themselves too."""
+class _Drawn(NamedTuple):
+    """One vLLM completion: tokens, their drawn log-probs, the finished flag, and under a
+    constraint the log allowed mass of each step and whether it hit a dead end."""
+
+    tokens: Seq
+    logprobs: list[float]
+    finished: bool
+    masses: list[float]
+    dead: bool = False
+
+
+def _drawn(completion: Any, stop: StopCondition) -> _Drawn:
+    """A vLLM completion as drawn. vLLM checks the length budget before stop tokens, so a stop
+    token drawn last reads "length": the flag comes from the tokens themselves too."""
     tokens = tuple(int(t) for t in completion.token_ids)
     logprobs = [float(step[t].logprob) for t, step in zip(tokens, completion.logprobs, strict=True)]
     finished = completion.finish_reason == "stop" or bool(tokens and tokens[-1] in stop.token_ids)
-    return tokens, logprobs, finished
+    return _Drawn(tokens, logprobs, finished, [0.0] * len(tokens))
+
+
+def _cut(drawn: _Drawn, call: Call | None) -> _Drawn:
+    """With the constraint's masses; a continuation that reached a dead end ends there,
+    unfinished (the processor let it draw freely after it)."""
+    if call is None:
+        return drawn
+    masses, dead = call.walk(drawn.tokens)
+    if not dead:
+        return drawn._replace(masses=masses)
+    keep = len(masses)
+    return _Drawn(drawn.tokens[:keep], drawn.logprobs[:keep], False, masses, True)

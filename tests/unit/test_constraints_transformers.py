@@ -103,3 +103,15 @@ def test_masked_decode_matches_the_exact_masked_model() -> None:
     assert total_variation(observed, reference) < bound
     assert all(r.log_mass < 0 for r in rows if r.token_ids[0] == 1)  # 4 is forced after 1
     assert TABLE_EOS_ID in backend.stop.token_ids
+
+
+def test_top_k_at_a_dead_end_ranks_nothing() -> None:
+    """Where the constraint allows no token, top_k returns no token (as TableLM does), not the
+    unmasked ranking; other prefixes of the batch keep theirs."""
+    backend = TransformersBackend.from_transformers(tiny_table_model(5, seed=1))
+    automaton = TokenAutomaton({0: {1: 1, 2: 2}, 1: {}, 2: {3: 3}}, {3})
+    root = automaton.matcher(backend, backend.stop.token_ids)
+    stuck, going = root.fork(), root.fork()
+    assert stuck.accept(1) and going.accept(2)
+    out = backend.top_k([[3, 1], [3, 2]], 5, constraint=[stuck, going]).entries
+    assert out[0].token_ids == () and out[1].token_ids == (3,)

@@ -25,6 +25,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine
 ENGINE = {"enforce_eager": True, "dtype": "float32", "seed": 0}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the bench tests last: the CLI builds its own engine and closes it, which tears down
+    vLLM's process-wide parallel state that the session's engines still use."""
+    items.sort(key=lambda item: item.path.name == "test_vllm_bench.py")
+
+
 @dataclass
 class Pair:
     """A vLLM backend and the transformers backend (and model) over the same weights."""
@@ -45,8 +51,12 @@ def embedded() -> Iterator[Pair]:
     yield Pair(backend, TransformersBackend.from_transformers(model, tokenizer), model)
 
 
-def _table_engine(folder: Path, mode: str) -> Any:
+def _table_engine(folder: Path, mode: str, constraints: bool = True) -> Any:
+    """A token-id engine over the table model; ``constraints`` registers the constraint's
+    logits processor (as ``VLLMBackend.from_pretrained`` does)."""
     from vllm import LLM
+
+    from power_sampling.backends.vllm_constraints import PROCESSOR_NAME
 
     return LLM(
         str(folder),
@@ -54,6 +64,7 @@ def _table_engine(folder: Path, mode: str) -> Any:
         logprobs_mode=mode,
         max_logprobs=8,
         max_model_len=16,
+        logits_processors=[PROCESSOR_NAME] if constraints else None,
         **ENGINE,
     )
 
@@ -86,3 +97,11 @@ def raw_table(table_folder: tuple[Path, Any]) -> Pair:
     folder, model = table_folder
     backend = VLLMBackend.from_vllm(_table_engine(folder, "raw_logprobs"))
     return Pair(backend, TransformersBackend.from_transformers(model), model)
+
+
+@pytest.fixture(scope="session")
+def bare_table(table_folder: tuple[Path, Any]) -> Any:
+    """The table model in an engine built without the constraint's logits processor."""
+    from power_sampling.backends import VLLMBackend
+
+    return VLLMBackend.from_vllm(_table_engine(table_folder[0], "processed_logprobs", False))

@@ -151,10 +151,12 @@ def test_budgets_and_bad_input(embedded: Any) -> None:
             call([(1, backend.vocab_size)])
     with pytest.raises(ValueError, match="temperature"):
         backend.sample([short], 1, 3, seed=0, temperature=0.0)
-    with pytest.raises(ValueError, match="constrained outputs"):
+    with pytest.raises(TypeError, match="Matcher"):
         backend.sample([short], 1, 3, seed=0, constraint=[object()])
-    with pytest.raises(ValueError, match="constrained outputs"):
+    with pytest.raises(TypeError, match="Matcher"):
         backend.top_k([short], 3, constraint=[object()])
+    with pytest.raises(ValueError, match="one per prefix"):
+        backend.top_k([short], 3, constraint=[None, None])
 
 
 def test_power_sampler_runs_on_text(embedded: Any) -> None:
