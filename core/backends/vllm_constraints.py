@@ -150,6 +150,7 @@ class ConstraintLogitsProcessor(LogitsProcessor):
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         self.rows: dict[int, _Row] = {}
         self.device = device
+        self._bits: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def is_argmax_invariant(self) -> bool:
         return False  # masking changes the greedy choice
@@ -189,7 +190,7 @@ class ConstraintLogitsProcessor(LogitsProcessor):
         picked = torch.tensor(index, device=logits.device)
         selected = logits.index_select(0, picked)
         allowed = torch.zeros(selected.shape, dtype=torch.bool, device=logits.device)
-        allowed[:, :vocab] = _unpack(bitmask, vocab, logits.device)
+        allowed[:, :vocab] = self._unpack(bitmask, vocab, logits.device)
         logz = torch.logsumexp(selected, -1, keepdim=True)
         masked = selected.masked_fill(~allowed, -math.inf)
         mass = (torch.logsumexp(masked, -1, keepdim=True) - logz)[:, 0].tolist()
@@ -208,12 +209,15 @@ class ConstraintLogitsProcessor(LogitsProcessor):
         logits.index_copy_(0, picked, torch.where(keep, masked, selected))
         return logits
 
-
-def _unpack(bitmask: np.ndarray, vocab: int, device: torch.device) -> torch.Tensor:
-    """The boolean ``[rows, vocab]`` mask of int32 bitmask rows (bit j of word w: 32 w + j)."""
-    words = torch.from_numpy(bitmask).to(device)
-    position = torch.arange(vocab, device=device)
-    return ((words[:, position // 32] >> (position % 32).to(torch.int32)) & 1).bool()
+    def _unpack(self, bitmask: np.ndarray, vocab: int, device: torch.device) -> torch.Tensor:
+        """The boolean ``[rows, vocab]`` mask of int32 bitmask rows (bit j of word w is token
+        32 w + j), unpacked on the device; the word and bit of each token are computed once."""
+        key = (vocab, str(device))
+        if key not in self._bits:
+            position = torch.arange(vocab, device=device)
+            self._bits[key] = (position // 32, (position % 32).to(torch.int32))
+        word, bit = self._bits[key]
+        return ((torch.from_numpy(bitmask).to(device)[:, word] >> bit) & 1).bool()
 
 
 def unsupported_reason(llm: Any) -> str | None:
