@@ -5,11 +5,11 @@ gets a ``ToolMessage`` back, and answers. ``ChatPowerSampling`` renders the tool
 model's chat template (or, for templates without tool support such as SmolLM2's, a system prompt
 describing them and the ``<tool_call>{...}</tool_call>`` format) and parses the calls.
 
-A forced ``tool_choice`` (a tool name, or ``"any"``) always yields a call: the assistant turn is
-prefilled with ``<tool_call>{"name": "<tool>", "arguments":`` so the model writes only the
-arguments (retried once, else returned in ``invalid_tool_calls``). The recipe shows that first,
-then runs the agent loop (a model this small often answers without calling the tool; that is its
-choice, as ``tool_choice="auto"`` allows).
+A forced ``tool_choice`` (a tool name, or ``"any"``) is constrained to one call whose arguments
+match the tool's schema (only ``max_new_tokens`` can cut it short); ``"auto"``, what the agent
+loop uses, lets the model answer in text or call a tool, and keeps tool markup out of the
+answer. The recipe shows the forced call first, then runs the agent loop (a model this small
+often answers without calling the tool; that is its choice, as ``"auto"`` allows).
 
 Run ``python cookbook/02_langchain_agent.py`` (the embedded SmolLM2-135M-Instruct; under a minute
 on a CPU). ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a

@@ -2,19 +2,18 @@
 
 ``llm.with_structured_output(Schema)`` returns validated ``Schema`` objects:
 
-- ``method="function_calling"`` (default): a forced call of a tool named after the schema (the
-  assistant turn is prefilled with the call's opening, so the model writes only the arguments);
-- ``method="json_mode"`` / ``"json_schema"``: the schema goes into a system message and the reply
-  is prefilled with ``{``.
+- ``method="function_calling"`` (default): a forced call of a tool named after the schema;
+- ``method="json_schema"``: a JSON reply (``"json_mode"``: any JSON object).
 
-A reply that does not parse or validate raises ``OutputParserException``; with
+Both are constrained to the schema, so every reply is a valid object unless ``max_new_tokens``
+cuts it. A reply that does not parse or validate raises ``OutputParserException``; with
 ``include_raw=True`` you get ``{"raw": AIMessage, "parsed": obj | None, "parsing_error": ...}``
 instead, as here, so a small model's mistakes are visible rather than fatal. A worked example in
 the history (in the method's own format) is what gets a 135M model to fill in the fields.
 
 Run ``python cookbook/03_structured_output.py`` (the embedded SmolLM2-135M-Instruct; a minute or
 two on a CPU). ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random model instead (a smoke
-test: it cannot write valid JSON, which the recipe reports).
+test: its gibberish strings may run past ``max_new_tokens``, which the recipe reports).
 """
 
 from __future__ import annotations
@@ -60,7 +59,10 @@ def main() -> None:
             AIMessage("", tool_calls=[{"name": "City", "args": rome, "id": "0"}]),
             ToolMessage("You have correctly called this tool.", tool_call_id="0"),
         ],
-        "json_mode": [HumanMessage("Which city is the Colosseum in?"), AIMessage(json.dumps(rome))],
+        "json_schema": [
+            HumanMessage("Which city is the Colosseum in?"),
+            AIMessage(json.dumps(rome)),
+        ],
     }
     question = HumanMessage("Which city is the Eiffel Tower in?")
     for method, example in examples.items():

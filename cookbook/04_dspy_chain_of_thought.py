@@ -16,11 +16,14 @@ step.
   A step costs about K·M·H rollout tokens, so these set the price of the better answers.
 
 Run ``python cookbook/04_dspy_chain_of_thought.py`` (the embedded SmolLM2-135M-Instruct; a few
-minutes on a laptop CPU). Expect little from a 135M model: it solves about 1 GSM8K problem in 20
-and often breaks DSPy's field format. For a real comparison, load a stronger model in
+minutes on a laptop CPU). Expect little from a 135M model: it solves about 1 GSM8K problem in 20.
+The recipe uses ``dspy.JSONAdapter``: the engine constrains each reply to the JSON schema of the
+output fields, so replies parse (with ``ChatAdapter``'s text fields a 135M model often broke the
+format). For a real comparison, load a stronger model in
 ``load_backend`` (e.g. ``resolve_model("Qwen/Qwen2.5-1.5B-Instruct")``), use more questions and
 the paper's budgets, ideally on a GPU. ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random
-model on one question instead (a smoke test: its text is gibberish, so DSPy cannot parse it).
+model on one question instead (a smoke test: its JSON strings are gibberish that runs past the
+token limit).
 """
 
 from __future__ import annotations
@@ -82,8 +85,9 @@ def main() -> dict[str, int]:
     }
     problems = get_task("gsm8k").load(limit=NUM_QUESTIONS)
     examples = [dspy.Example(question=p.question).with_inputs("question") for p in problems]
-    # One call per question (no second JSONAdapter call: a 135M model rarely recovers there).
-    adapter = dspy.ChatAdapter(use_json_adapter_fallback=False)
+    # JSONAdapter sends the output fields' JSON schema, and the engine constrains the reply to it,
+    # so even a 135M model's replies parse (unless max_new_tokens cuts the reasoning short).
+    adapter = dspy.JSONAdapter()
     scores = {}
     for label, lm in lms.items():
         with dspy.context(lm=lm, adapter=adapter):

@@ -104,8 +104,9 @@ def make_agent() -> dspy.ReAct:
 
 
 def main() -> list[str | None]:
-    # One call per step (no second JSONAdapter call: a 135M model rarely recovers there).
-    dspy.configure(lm=make_lm(), adapter=dspy.ChatAdapter(use_json_adapter_fallback=False))
+    # JSONAdapter: each step's reply is constrained to JSON (the final extraction to its fields'
+    # schema; ReAct's steps to a JSON object, as their tool arguments are an open mapping).
+    dspy.configure(lm=make_lm(), adapter=dspy.JSONAdapter())
     agent = make_agent()
     answers = []
     for question in QUESTIONS[:1] if TINY else QUESTIONS:

@@ -17,6 +17,10 @@ for the model's shared :class:`~power_sampling.scheduler.Scheduler`:
   diverse samples" (which the sampler does). Any other value is refused with the fix (set alpha).
 - Per-call sampler settings travel in ``metadata={"alpha": 2, ...}`` (config field names);
   ``lm.copy(alpha=8)`` makes an LM with other settings on the same loaded model.
+- ``response_format`` (what ``dspy.JSONAdapter`` sends: a JSON schema of the output fields, or
+  ``json_object`` when a field is an open mapping) constrains the reply to JSON valid under it
+  (:mod:`power_sampling.constraints`), so a JSONAdapter reply parses unless ``max_tokens`` cuts
+  it. The engine declares ``supports_response_schema`` so JSONAdapter sends the schema.
 - ``n > 1``: DSPy completes the same Request n times; each repeat draws with the next seed.
 - Concurrent calls (``dspy.Evaluate`` threads, ``acall``) with equal settings share batched
   sampler runs (see the scheduler).
@@ -46,6 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from power_sampling.config import PowerSamplingConfig
+from power_sampling.constraints.chat import response_format_constraint
 from power_sampling.generation import Generation
 from power_sampling.loaded import load_shared
 from power_sampling.request import Request, resolve_settings
@@ -79,7 +84,8 @@ class PowerEngine:
     a pickled engine reloads its model by reference.
     """
 
-    supported_params = frozenset({"max_tokens", "stop", "seed", "temperature"})
+    supported_params = frozenset({"max_tokens", "stop", "seed", "temperature", "response_format"})
+    supports_response_schema = True
 
     def __init__(
         self,
@@ -189,8 +195,6 @@ class PowerEngine:
         cfg = request.config
         if request.tools or cfg.tool_choice is not None:
             raise _unsupported("native tool calling", "use DSPy's text tools (dspy.ReAct) instead")
-        if cfg.response_format is not None:
-            raise _unsupported("response_format", "use DSPy's ChatAdapter or JSONAdapter text")
         for name in _UNSUPPORTED:
             if getattr(cfg, name) is not None:
                 raise _unsupported(name, "set sampler settings with metadata={...} instead")
@@ -227,7 +231,7 @@ class PowerEngine:
                 f"the prompt has {len(ids)} tokens but {self.name}'s context is {context}; "
                 "shorten the prompt"
             )
-        return Request(ids, config, tuple(cfg.stop))
+        return Request(ids, config, tuple(cfg.stop), constraint=_constraint(cfg.response_format))
 
     def _repeat_count(self, request: lm15.Request) -> int:
         """How many times this very Request object was completed before (DSPy's n > 1)."""
@@ -358,6 +362,17 @@ def power_lm(
         cache=cache,
         **defaults,
     )
+
+
+def _constraint(response_format: Any) -> Any:
+    """The JSON constraint of a response_format (lm15's ``{"type": "json_schema", "schema":
+    ...}`` or ``{"type": "json_object"}``); None for none or plain text."""
+    if response_format is None:
+        return None
+    try:
+        return response_format_constraint(response_format)
+    except ValueError as exc:
+        raise lm15.InvalidRequestError(str(exc)) from exc
 
 
 def _chat_messages(request: lm15.Request) -> list[dict[str, str]]:

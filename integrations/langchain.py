@@ -10,14 +10,18 @@ text protocol is in :mod:`.tool_calls`, shared fields in :mod:`.langchain_params
 conversion in :mod:`.langchain_messages`). Requests run on the model's shared
 :class:`~power_sampling.scheduler.Scheduler`, so concurrent calls (``batch``, agents, threads)
 share batched sampler runs, and every instance naming the same model shares one loaded copy.
-A forced tool choice prefills the assistant turn with ``<tool_call>\\n{"name": "<tool>",
-"arguments":`` so the model writes only the arguments; if they do not parse it retries once
-(next seed), then reports the call in ``invalid_tool_calls``.
+Tool calls and structured output are constrained (:mod:`power_sampling.constraints.chat`): a
+forced ``tool_choice`` makes the reply exactly one ``<tool_call>`` whose arguments are valid
+under the tool's schema, ``"auto"`` lets it be text (without tool markup) or text and one valid
+call, and ``response_format`` (``with_structured_output``'s JSON methods) makes it a JSON object
+valid under the schema. Only a reply cut by ``max_new_tokens`` can still fail to parse; it is
+reported in ``invalid_tool_calls`` (or as a parsing error).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from power_sampling import Generation, TextBackend
+from power_sampling.constraints.chat import response_format_constraint, tool_call_constraint
 from power_sampling.request import Request
 
 from . import tool_calls as tc
@@ -50,7 +55,6 @@ from .langchain_messages import (
     Reply,
     chat_chunk,
     chat_result,
-    json_prefill,
     message_dict,
     openai_tool,
     require_tool_call,
@@ -129,13 +133,10 @@ def _text_chunk(text: str, gen: Generation | None) -> GenerationChunk:
 
 @dataclass
 class _Chat:
-    """One chat call, translated: the request, the tools it may call, and how it must reply."""
+    """One chat call, translated: the request and the tools it may call."""
 
     request: Request
-    ids: list[int]  # the rendered chat, before the prefill
     tools: list[str]  # names of the tools the model may call
-    forced: str | None  # a tool name, "required" (any tool), or None
-    prefill: str  # text the assistant turn starts with (JSON mode, forced calls)
 
 
 class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
@@ -145,8 +146,9 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     >>> llm.invoke("What is 17 * 23?").content
 
     Messages are rendered with the model's chat template; ``bind_tools`` takes ``tool_choice``
-    ``"auto"``, ``"any"``/``"required"``, ``"none"`` or a tool name; ``with_structured_output``
-    works by a forced tool call or JSON mode. ``usage_metadata`` counts prompt and completion
+    ``"auto"``, ``"any"``/``"required"``, ``"none"`` or a tool name, and the reply is
+    constrained to it; ``with_structured_output`` works by a forced tool call or a JSON
+    constraint. ``usage_metadata`` counts prompt and completion
     tokens; ``response_metadata["power_sampling"]`` holds the settings that ran and the sampler's
     work. Unknown keys raise ``ValueError`` naming the closest setting; keys of hosted models'
     clients (``api_key``, ``timeout``, ``max_retries``, ...) are accepted and ignored.
@@ -171,11 +173,8 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> ChatResult:
         chat = self._chat(messages, stop, kwargs)
-        scheduler = self._scheduler()
-        if chat.forced:
-            return chat_result(self._forced_reply(chat, [await scheduler.agenerate(chat.request)]))
-        gen = await scheduler.agenerate(chat.request)
-        splitter = tc.ReplySplitter(chat.prefill, tools=bool(chat.tools))
+        gen = await self._scheduler().agenerate(chat.request)
+        splitter = tc.ReplySplitter("", tools=bool(chat.tools))
         splitter.push(gen.text or "")
         return chat_result(self._reply(chat, splitter, [gen]))
 
@@ -189,11 +188,7 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
         chat = self._chat(messages, stop, kwargs)
-        if chat.forced:
-            gen = await self._scheduler().agenerate(chat.request)
-            yield chat_chunk(self._forced_reply(chat, [gen]))
-            return
-        splitter, gen = tc.ReplySplitter(chat.prefill, tools=bool(chat.tools)), None
+        splitter, gen = tc.ReplySplitter("", tools=bool(chat.tools)), None
         async for chunk in self._scheduler().astream(chat.request):
             if delta := splitter.push(chunk.text):
                 yield chat_chunk(delta)
@@ -219,8 +214,10 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         tool_choice: str | dict[str, Any] | bool | None = None,
         **kwargs: Any,
     ) -> Runnable[Any, AIMessage]:
-        """Bind tools; ``tool_choice`` is ``"auto"`` (default), ``"any"``/``"required"``,
-        ``"none"`` or a tool name. A forced choice always returns a call (maybe an invalid one)."""
+        """Bind tools; ``tool_choice`` is ``"auto"`` (default: text, or text and one call),
+        ``"any"``/``"required"`` (one call of any tool), ``"none"`` or a tool name (one call of
+        it). Calls are constrained to the tool's schema; only one cut by ``max_new_tokens``
+        ends up in ``invalid_tool_calls``."""
         formatted = [openai_tool(t) for t in tools]
         choice = tc.normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])
         return self.bind(tools=formatted, tool_choice=choice, **kwargs)
@@ -235,10 +232,12 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         **kwargs: Any,
     ) -> Runnable[Any, Any]:
         """Objects of ``schema`` (pydantic class, TypedDict or JSON schema): ``function_calling``
-        forces a call of a tool named after it; ``json_mode`` / ``json_schema`` put the schema in
-        a system message and start the reply with ``{``. Pydantic objects are validated; a reply
-        that does not parse raises ``OutputParserException`` (``include_raw=True``: returned as
-        ``parsing_error``). ``strict`` is accepted and ignored."""
+        forces a call of a tool named after it and ``json_schema`` a JSON reply, both constrained
+        to the schema; ``json_mode`` constrains the reply to some JSON object (the schema is only
+        described in the prompt). All three put the schema before the model. Pydantic objects are
+        validated; a reply that does not parse (cut by ``max_new_tokens``, or a ``json_mode``
+        object of other fields) raises ``OutputParserException`` (``include_raw=True``: returned
+        as ``parsing_error``). ``strict`` is accepted and ignored: outputs are always strict."""
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
@@ -253,10 +252,10 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
                 else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
             )
         elif method in ("json_mode", "json_schema"):
-            response_format = {
-                "type": "json_schema",
-                "json_schema": {"schema": convert_to_openai_tool(schema)["function"]["parameters"]},
-            }
+            parameters = convert_to_openai_tool(schema)["function"]["parameters"]
+            response_format: dict[str, Any] = {"type": "json_schema", "schema": parameters}
+            if method == "json_mode":  # any JSON object; the schema only goes in the prompt
+                response_format["type"] = "json_object"
             llm = self.bind(response_format=response_format, ls_structured_output_format=trace)
             parser = JsonOutputParser()
             if is_pydantic:
@@ -287,10 +286,7 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     ) -> Iterator[str | Reply]:
         """Visible text deltas, then the ``Reply``: invoke and stream share this one path."""
         chat = self._chat(messages, stop, kwargs)
-        if chat.forced:
-            yield self._forced_reply(chat, [self._scheduler().generate(chat.request)])
-            return
-        splitter, gen = tc.ReplySplitter(chat.prefill, tools=bool(chat.tools)), None
+        splitter, gen = tc.ReplySplitter("", tools=bool(chat.tools)), None
         for chunk in self._scheduler().stream(chat.request):
             if delta := splitter.push(chunk.text):
                 yield delta
@@ -318,41 +314,19 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         response_format = kwargs.pop("response_format", None)
         if choice == "none":
             tools, names = [], []
-        dicts, prefill = [message_dict(m) for m in messages], ""
-        if response_format and not tools:
-            schema = (response_format.get("json_schema") or {}).get("schema")
+        dicts, constraint = [message_dict(m) for m in messages], None
+        if tools:
+            constraint = tool_call_constraint(tools, choice)
+        elif response_format:
+            constraint = response_format_constraint(response_format)
+            inner = response_format.get("json_schema", response_format)
+            schema = inner.get("schema") if isinstance(inner, dict) else None
             system = tc.JSON_PROMPT + (
                 tc.SCHEMA_PROMPT.format(tc.to_json(schema)) if schema else ""
             )
-            dicts, prefill = tc.with_system(dicts, system), json_prefill(self._backend())
-        forced = None if not tools or choice == "auto" else choice
-        if forced == "required" and len(names) == 1:
-            forced = names[0]
-        ids = self._render(dicts, tools)
-        if forced:
-            name = forced if forced in names else None
-            prefill = tc.OPEN + '\n{"name": "' + (f'{name}", "arguments":' if name else "")
-            stop = [*(self.stop or [] if stop is None else stop), tc.CLOSE]
-        request = self._request(ids + self._backend().encode(prefill), stop, kwargs)
-        return _Chat(request, ids, names, forced, prefill)
-
-    def _forced_reply(self, chat: _Chat, gens: list[Generation]) -> Reply:
-        """A forced tool call from the first attempt, or from one retry with the next seed and
-        the bound tool closest to the name written; else the invalid call."""
-        calls, invalid = tc.parse_tool_calls(chat.prefill + (gens[-1].text or ""), chat.tools)
-        wanted = chat.forced if chat.forced in chat.tools else None
-        if not (calls and calls[0]["name"] == (wanted or calls[0]["name"])) and len(gens) == 1:
-            name = wanted or tc.closest_name(chat.prefill + (gens[0].text or ""), chat.tools)
-            prefill = tc.OPEN + f'\n{{"name": "{name}", "arguments":'
-            seed = chat.request.config.seed
-            config = chat.request.config.replace(seed=None if seed is None else seed + 1)
-            ids = chat.ids + self._backend().encode(prefill)
-            request = Request(ids, config, chat.request.stop)
-            retry = _Chat(request, chat.ids, chat.tools, name, prefill)
-            return self._forced_reply(retry, [*gens, self._scheduler().generate(request)])
-        if calls:
-            return Reply("", "", calls[:1], [], usage(gens), self._metadata(gens))
-        return Reply("", "", [], invalid[:1], usage(gens), self._metadata(gens))
+            dicts = tc.with_system(dicts, system)
+        request = self._request(self._render(dicts, tools), stop, kwargs)
+        return _Chat(dataclasses.replace(request, constraint=constraint), names)
 
     def _render(self, dicts: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
         """Chat-template token ids; tools through the template, or a system message if it has no

@@ -5,13 +5,17 @@ a tiny random model never produces. ``ScriptedLM`` puts all probability on the t
 ``reply(prompt_text)`` followed by the end-of-turn token, so every sampler, power sampling
 included, returns that reply, while the whole pipeline (prompt rendering, candidates, rollouts,
 streaming, stop strings) runs for real.
+
+Under a constraint the model is still the one-hot script: where the scripted token is allowed it
+keeps all the mass (allowed mass 1), where it is not the allowed mass is 0, a dead end, which the
+samplers report as a clear error. So a script that the constraint admits comes out unchanged.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..text import first_stop
 from .base import (
@@ -21,8 +25,12 @@ from .base import (
     TopK,
     TopKOutput,
     budgets,
+    check_constraint,
     validate_prefixes,
 )
+
+if TYPE_CHECKING:
+    from ..constraints import Matcher
 
 
 class ScriptedLM:
@@ -101,10 +109,20 @@ class ScriptedLM:
     # -- Backend -------------------------------------------------------------------------------
 
     def top_k(
-        self, prefixes: Sequence[Sequence[int]], k: int, *, keep_cache: bool = False
+        self,
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        *,
+        keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> TopKOutput:
         validate_prefixes(prefixes, self.vocab_size)
-        entries = [TopK((self._next(p),), (0.0,)) for p in prefixes]
+        check_constraint(constraint, len(prefixes))
+        entries = []
+        for i, prefix in enumerate(prefixes):
+            token, matcher = self._next(prefix), constraint[i] if constraint else None
+            allowed = matcher is None or matcher.fork().accept(token)
+            entries.append(TopK((token,), (0.0,)) if allowed else TopK((), ()))
         return TopKOutput(entries, forward_tokens=len(prefixes))
 
     def sample(
@@ -117,21 +135,29 @@ class ScriptedLM:
         temperature: float = 1.0,
         stop: StopCondition | None = None,
         keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
     ) -> SampleOutput:
         validate_prefixes(prefixes, self.vocab_size)
+        check_constraint(constraint, len(prefixes))
         stop = self._stop if stop is None else stop
         rows = []
-        for prefix, budget in zip(prefixes, budgets(max_new_tokens, len(prefixes)), strict=True):
-            seq, finished = list(prefix), False
+        limits = budgets(max_new_tokens, len(prefixes))
+        for i, (prefix, budget) in enumerate(zip(prefixes, limits, strict=True)):
+            seq, finished, log_mass = list(prefix), False, 0.0
+            start = constraint[i] if constraint else None
+            matcher = None if start is None else start.fork()
             tokens: list[int] = []
             while len(tokens) < budget and not finished:
                 token = self._next(seq)
+                if matcher is not None and not matcher.accept(token):
+                    log_mass = float("-inf")  # the script leaves the constraint: a dead end
+                    break
                 seq.append(token)
                 tokens.append(token)
                 text = self.decode(tokens)
                 finished = token in stop.token_ids or first_stop(text, stop.strings) >= 0
             zeros = (0.0,) * len(tokens)
-            one = Continuation(tuple(tokens), 0.0, finished, zeros, zeros)
+            one = Continuation(tuple(tokens), 0.0, finished, zeros, zeros, log_mass)
             rows.append([one] * n)
         return SampleOutput(rows, forward_tokens=sum(len(r[0].token_ids) * n for r in rows))
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from power_sampling import PowerSampler
 from power_sampling.backends.scripted import ScriptedLM
+from power_sampling.integrations import tool_calls as tc
 from power_sampling.integrations.langchain import ChatPowerSampling, PowerSamplingLLM
 from power_sampling.loaded import loaded_models
 from power_sampling.testing import tiny_tokenizer
@@ -387,44 +388,49 @@ def test_tool_choice_variants() -> None:
 
 
 def test_invalid_tool_calls_are_reported() -> None:
+    """Only a call cut by max_new_tokens can fail under the constraint; the parser still
+    reports whatever does not parse, with its error."""
     broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": Paris}}\n</tool_call>'
-    message = chat(broken).bind_tools([get_weather]).invoke("Hi")
-    assert not message.tool_calls
-    assert message.invalid_tool_calls[0]["name"] == "get_weather"
-    assert "JSONDecodeError" in message.invalid_tool_calls[0]["error"]
+    calls, invalid = tc.parse_tool_calls(broken, ["get_weather"])
+    assert not calls and invalid[0]["name"] == "get_weather"
+    assert "JSONDecodeError" in invalid[0]["error"]
     unknown = '<tool_call>\n{"name": "launch", "arguments": {}}\n</tool_call>'
-    assert chat(unknown).bind_tools([get_weather]).invoke("Hi").invalid_tool_calls
-    truncated = chat(
-        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', max_new_tokens=64
-    )
+    assert tc.parse_tool_calls(unknown, ["get_weather"])[1]
+    truncated = chat(WEATHER_CALL, max_new_tokens=12)  # cut inside the call
     streamed = None
     for chunk in truncated.bind_tools([get_weather]).stream("Hi"):
         streamed = chunk if streamed is None else streamed + chunk
     invoked = truncated.bind_tools([get_weather]).invoke("Hi")
     assert not invoked.tool_calls and not streamed.tool_calls  # partial JSON stays invalid
     assert invoked.invalid_tool_calls[0]["args"] == streamed.invalid_tool_calls[0]["args"]
+    assert invoked.content == "" and invoked.response_metadata["finish_reason"] == "length"
 
 
-def test_forced_call_retries_once_then_reports_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forced_call_is_one_run_and_a_refusing_model_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls = count_runs(monkeypatch)
-    llm = chat("I'd rather chat.").bind_tools([get_weather], tool_choice="any")  # seed=0
-    message = llm.invoke("Hi")
-    assert len(calls) == 2 and not message.tool_calls  # the model never wrote arguments
-    assert [requests[0].config.seed for requests in calls] == [0, 1]  # the next seed
-    assert message.invalid_tool_calls[0]["name"] == "get_weather"
-    assert message.response_metadata["power_sampling"]["attempts"] == 2
-    llm.invoke("Hi", seed=5)
-    assert [requests[0].config.seed for requests in calls[2:]] == [5, 6]
+    message = chat(WEATHER_CALL).bind_tools([get_weather], tool_choice="any").invoke("Hi")
+    assert message.tool_calls[0]["args"] == {"city": "Paris"} and len(calls) == 1
+    assert calls[0][0].constraint is not None
+    # A script the constraint cannot admit has no allowed token of positive probability.
+    with pytest.raises(ValueError, match="the constraint allows no token"):
+        chat("I'd rather chat.").bind_tools([get_weather], tool_choice="any").invoke("Hi")
 
 
 def test_forced_call_on_a_real_model_produces_a_call(tiny_backend: Any) -> None:
-    """The tiny random model writes gibberish, yet a forced choice yields a call of the tool."""
-    llm = ChatPowerSampling(backend=tiny_backend, **{**TINY_BUDGET, "max_new_tokens": 24}, seed=0)
+    """The tiny random model writes gibberish, yet a forced choice yields one call of the tool,
+    in one run; it is invalid only where max_new_tokens cut it."""
+    llm = ChatPowerSampling(backend=tiny_backend, **{**TINY_BUDGET, "max_new_tokens": 64}, seed=0)
     for choice, names in [("any", {"get_weather", "Person"}), ("Person", {"Person"})]:
         message = llm.bind_tools([get_weather, Person], tool_choice=choice).invoke("Hello!")
         calls = message.tool_calls + message.invalid_tool_calls
-        assert len(calls) == 1 and calls[0]["name"] in names, choice
-        assert 1 <= message.response_metadata["power_sampling"]["attempts"] <= 2
+        assert len(calls) == 1, choice
+        if message.tool_calls:
+            assert message.tool_calls[0]["name"] in names, choice
+        else:
+            assert message.response_metadata["finish_reason"] == "length", choice
+        assert message.response_metadata["power_sampling"]["attempts"] == 1
 
 
 def test_agent_tool_loop() -> None:
@@ -452,16 +458,25 @@ def test_structured_output(method: str) -> None:
     assert as_dict.invoke("Who?") == {"name": "Ada", "age": 36}
 
 
-@pytest.mark.parametrize("method", ["function_calling", "json_mode"])
-def test_structured_output_errors_are_clear(method: str) -> None:
-    bad_call = '<tool_call>\n{"name": "Person", "arguments": {"name": "Ada", "age": "old"}}'
-    reply = bad_call if method == "function_calling" else '{"name": "Ada", "age": "old"}'
+def test_structured_output_errors_are_clear() -> None:
+    """The constraint leaves two ways to fail: a reply cut by max_new_tokens, and a json_mode
+    object (any JSON object) that does not validate."""
+    call = '<tool_call>\n{"name": "Person", "arguments": {"name": "Ada", "age": 36}}\n</tool_call>'
+    cut = chat(call, max_new_tokens=12).with_structured_output(Person)
+    with pytest.raises(OutputParserException, match="did not parse"):
+        cut.invoke("Who?")
     with pytest.raises((OutputParserException, ValueError), match="age"):
-        chat(reply).with_structured_output(Person, method=method).invoke("Who?")
-    raw = chat("not json at all").with_structured_output(Person, method=method, include_raw=True)
+        chat('{"name": "Ada", "age": "old"}').with_structured_output(
+            Person, method="json_mode"
+        ).invoke("Who?")
+    raw = chat(call, max_new_tokens=12).with_structured_output(Person, include_raw=True)
     result = raw.invoke("Who?")
     assert result["parsed"] is None and isinstance(result["parsing_error"], Exception)
     assert isinstance(result["raw"], AIMessage)
+    with pytest.raises(ValueError, match="the constraint allows no token"):  # wrong type
+        chat('{"name": "Ada", "age": "old"}').with_structured_output(
+            Person, method="json_schema"
+        ).invoke("Who?")
 
 
 def test_json_mode_puts_the_schema_in_the_prompt() -> None:
