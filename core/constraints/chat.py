@@ -27,10 +27,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..chat_tools import CLOSE, OPEN
 from .base import Constraint
 from .grammar import GrammarConstraint, _xgrammar
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
 FREE_TEXT = 'root ::= ([^<] | "<" [^t/<])*'
 """Visible text of an ``auto`` reply: no ``<t`` (``<tool_call>``, ``<tools>``) and no ``</``."""
 

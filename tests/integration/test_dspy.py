@@ -280,8 +280,10 @@ def test_request_options_are_mapped(tokenizer: Any) -> None:
     lm("hi", temperature=1.0, metadata={"alpha": 2, "max_new_tokens": 9})
     assert recorder.calls[-1]["alpha"] == 2 and recorder.calls[-1]["max_new_tokens"] == 9
     assert recorder.calls[-1]["seed"] is None
-    # Per-call settings from a module's config (the reply is not in DSPy's format: no parse).
-    with dspy.context(lm=lm), pytest.raises(AdapterParseError):
+    # Per-call settings from a module's config (the reply is not in DSPy's format: no parse; no
+    # JSONAdapter fallback, whose schema constraint this script could not follow).
+    adapter = dspy.ChatAdapter(use_json_adapter_fallback=False)
+    with dspy.context(lm=lm, adapter=adapter), pytest.raises(AdapterParseError):
         dspy.Predict("question -> answer")(question="q", config={"metadata": {"top_k": 3}})
     assert recorder.calls[-1]["top_k"] == 3
 
