@@ -140,11 +140,12 @@ def test_dspy_program_deepcopy_and_pickle_share_the_model(
 
 
 def test_installing_an_adapter_extra_brings_the_model_runtime() -> None:
+    """And the grammar engine that constrains the adapters' tool calls and structured output."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
     for extra in ("langchain", "dspy"):
-        assert "power-sampling[hf]" in extras[extra], extra
+        assert "power-sampling[hf,constraints]" in extras[extra], extra
 
 
 def test_paper_budgets_on_a_cpu_say_so_once(
