@@ -104,9 +104,11 @@ def make_agent() -> dspy.ReAct:
 
 
 def main() -> list[str | None]:
-    # JSONAdapter: each step's reply is constrained to JSON (the final extraction to its fields'
-    # schema; ReAct's steps to a JSON object, as their tool arguments are an open mapping).
-    dspy.configure(lm=make_lm(), adapter=dspy.JSONAdapter())
+    # ChatAdapter, one call per step. JSONAdapter would constrain only the final extraction to a
+    # schema: ReAct's steps have an open mapping (the tool arguments), so DSPy sends them as
+    # "any JSON object", and the 135M model's most likely such object is {} (measured: both
+    # questions). With a stronger model either adapter works.
+    dspy.configure(lm=make_lm(), adapter=dspy.ChatAdapter(use_json_adapter_fallback=False))
     agent = make_agent()
     answers = []
     for question in QUESTIONS[:1] if TINY else QUESTIONS:
