@@ -11,7 +11,6 @@ The LangChain chat model (:mod:`power_sampling.integrations.tool_calls`) and the
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import uuid
@@ -114,26 +113,6 @@ def parse_calls(text: str, names: Sequence[str]) -> tuple[list[dict[str, Any]], 
     return calls, errors
 
 
-def closest_name(text: str, names: Sequence[str]) -> str:
-    """The bound tool whose name is closest to the one the model began to write."""
-    written = NAME_PATTERN.search(text)
-    match = difflib.get_close_matches(written.group(1) if written else "", names, n=1, cutoff=0)
-    return match[0] if match else names[0]
-
-
-def call_prefill(name: str | None) -> str:
-    """The start of a forced call: the model writes only the arguments (or, for any tool, the
-    name and the arguments)."""
-    return OPEN + '\n{"name": "' + (f'{name}", "arguments":' if name else "")
-
-
-def json_prefill(backend: TextBackend) -> str:
-    """The opening of a JSON object cut at this tokenizer's token boundary (``{"`` where that is
-    one token), so the model continues from a state it knows."""
-    first = backend.decode(backend.encode('{"key": 1}')[:1])
-    return first if first in ("{", '{"') else "{"
-
-
 _NATIVE_TOOLS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
@@ -170,8 +149,8 @@ class ReplySplitter:
     that may still become ``<tool_call>`` (and whitespace before it) is held back, so the streamed
     deltas always join to the final content."""
 
-    def __init__(self, prefill: str, *, tools: bool) -> None:
-        self.text, self.tools, self.sent = prefill, tools, 0
+    def __init__(self, *, tools: bool) -> None:
+        self.text, self.tools, self.sent = "", tools, 0
 
     def push(self, delta: str) -> str:
         self.text += delta

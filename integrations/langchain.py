@@ -174,7 +174,7 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     ) -> ChatResult:
         chat = self._chat(messages, stop, kwargs)
         gen = await self._scheduler().agenerate(chat.request)
-        splitter = tc.ReplySplitter("", tools=bool(chat.tools))
+        splitter = tc.ReplySplitter(tools=bool(chat.tools))
         splitter.push(gen.text or "")
         return chat_result(self._reply(chat, splitter, [gen]))
 
@@ -188,7 +188,7 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
         chat = self._chat(messages, stop, kwargs)
-        splitter, gen = tc.ReplySplitter("", tools=bool(chat.tools)), None
+        splitter, gen = tc.ReplySplitter(tools=bool(chat.tools)), None
         async for chunk in self._scheduler().astream(chat.request):
             if delta := splitter.push(chunk.text):
                 yield chat_chunk(delta)
@@ -286,7 +286,7 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     ) -> Iterator[str | Reply]:
         """Visible text deltas, then the ``Reply``: invoke and stream share this one path."""
         chat = self._chat(messages, stop, kwargs)
-        splitter, gen = tc.ReplySplitter("", tools=bool(chat.tools)), None
+        splitter, gen = tc.ReplySplitter(tools=bool(chat.tools)), None
         for chunk in self._scheduler().stream(chat.request):
             if delta := splitter.push(chunk.text):
                 yield delta

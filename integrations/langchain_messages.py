@@ -20,8 +20,6 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from power_sampling.chat_tools import json_prefill as json_prefill  # re-exported
-
 from . import tool_calls as tc
 
 _NON_TEXT = {"image", "image_url", "audio", "input_audio", "file", "video"}

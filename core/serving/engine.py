@@ -107,7 +107,7 @@ class LocalEngine:
                 job.future.add_done_callback(functools.partial(_done, put, k))
                 jobs.append(job)
             yield Started(tuple(len(p.request.prompt) for p in prepared))
-            splitters = [tc.ReplySplitter(p.prefill, tools=bool(p.tools)) for p in prepared]
+            splitters = [tc.ReplySplitter(tools=bool(p.tools)) for p in prepared]
             left = len(prepared)
             while left:
                 k, item = await events.get()

@@ -18,6 +18,7 @@ seed derived from (s, i). Without a seed the choices are unseeded and may share 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import numpy as np
 
 from .. import chat_tools as tc
 from ..config import PowerSamplingConfig
+from ..constraints.chat import response_format_constraint, tool_call_constraint
+from ..constraints.grammar import GrammarConstraint
 from ..generation import Generation
 from ..request import Prompt, Request, resolve_settings
 from ..sampler import PowerSampler
@@ -47,18 +50,17 @@ class Call:
     chat: bool = True
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str = "auto"
-    json_schema: dict[str, Any] | None = None
-    json_mode: bool = False
+    response_format: dict[str, Any] | None = None
+    """``json_object`` or ``json_schema`` (``text`` is None); the reply is constrained to it."""
     stop: tuple[str, ...] = ()
 
 
 @dataclass
 class Prepared:
-    """One choice of a call, rendered: its request and how its reply is read."""
+    """One choice of a call, rendered: its request and the tools its reply may call."""
 
     index: int
     request: Request
-    prefill: str = ""
     tools: list[str] = field(default_factory=list)
 
 
@@ -119,24 +121,14 @@ def chat_call(body: ChatCompletionRequest, defaults: PowerSamplingConfig) -> Cal
     choice = tc.normalize_tool_choice(body.tool_choice, names)
     if choice == "none":
         tools = ()
-    fmt = body.response_format or {}
-    kind = fmt.get("type", "text")
-    if kind not in ("text", "json_object", "json_schema"):
-        raise ValueError(
-            f"response_format.type={kind!r} is invalid: use text, json_object or json_schema"
-        )
-    schema = (fmt.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
-    return Call(
-        (messages,),
-        config,
-        body.n or 1,
-        True,
-        tools,
-        choice,
-        schema,
-        kind != "text",
-        body.stops,
-    )
+    fmt = body.response_format
+    fmt = None if fmt is None or fmt.get("type", "text") == "text" else fmt
+    # Built here so that a bad tool or format is a 400 before any work (they are cached).
+    if tools:
+        tool_call_constraint(tools, choice)
+    elif fmt is not None:
+        response_format_constraint(fmt)
+    return Call((messages,), config, body.n or 1, True, tools, choice, fmt, body.stops)
 
 
 def completion_call(body: CompletionRequest, defaults: PowerSamplingConfig) -> Call:
@@ -226,26 +218,30 @@ def prepare(call: Call, sampler: PowerSampler) -> list[Prepared]:
         for j in range(call.n):
             index = p * call.n + j
             config = call.config.replace(seed=choice_seed(call.config.seed, index))
-            request = Request(prepared.request.prompt, config, prepared.request.stop)
-            out.append(Prepared(index, request, prepared.prefill, prepared.tools))
+            request = dataclasses.replace(prepared.request, config=config)
+            out.append(Prepared(index, request, prepared.tools))
     return out
 
 
 def _prepare_chat(call: Call, messages: Any, sampler: PowerSampler) -> Prepared:
+    """The chat rendered with its tools, and its reply's constraint: one schema-valid call for a
+    forced ``tool_choice``, text or text and one call for ``auto``, JSON valid under the
+    ``response_format`` (whose schema is also put before the model)."""
     backend = sampler._text_backend("chat messages")
     dicts, tools = list(messages), [dict(t) for t in call.tools]
-    names = [t["function"]["name"] for t in tools]
-    prefill, stop = "", list(call.stop)
-    if call.json_mode and not tools:
-        schema = tc.SCHEMA_PROMPT.format(tc.to_json(call.json_schema)) if call.json_schema else ""
-        dicts, prefill = tc.with_system(dicts, tc.JSON_PROMPT + schema), tc.json_prefill(backend)
+    constraint = None
+    if tools:
+        constraint = tool_call_constraint(tools, call.tool_choice)
+    elif call.response_format is not None:
+        constraint = response_format_constraint(call.response_format)
+        schema = (call.response_format.get("json_schema") or {}).get("schema")
+        prompt = tc.JSON_PROMPT + (tc.SCHEMA_PROMPT.format(tc.to_json(schema)) if schema else "")
+        dicts = tc.with_system(dicts, prompt)
+    if isinstance(constraint, GrammarConstraint):
+        constraint.compiled(backend)  # a schema xgrammar cannot compile fails here, as a 400
     ids = tc.render_chat(backend, dicts, tools)
-    if tools and call.tool_choice != "auto":
-        name = call.tool_choice if call.tool_choice in names else None
-        name = names[0] if name is None and len(names) == 1 else name
-        prefill, stop = tc.call_prefill(name), [*stop, tc.CLOSE]
-    request = Request(ids + backend.encode(prefill), call.config, tuple(stop))
-    return Prepared(0, request, prefill, names)
+    request = Request(ids, call.config, call.stop, constraint=constraint)
+    return Prepared(0, request, [t["function"]["name"] for t in tools])
 
 
 def finish(prepared: Prepared, splitter: tc.ReplySplitter, gen: Generation) -> Choice:
