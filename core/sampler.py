@@ -93,84 +93,27 @@ class PowerSampler:
             constraint,
         )
 
-    def generate(
-        self,
-        prompt: Prompt,
-        max_new_tokens: int | None = None,
-        stop_token_ids: Sequence[int] | None = None,
-        *,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        trace: bool = False,
-        constraint: Constraint | None = None,
-        **settings: Any,
-    ) -> Generation:
-        """Generate one completion of ``prompt``. The options are those of :meth:`request`."""
-        request = self.request(
-            prompt,
-            max_new_tokens,
-            stop_token_ids,
-            stop=stop,
-            seed=seed,
-            trace=trace,
-            constraint=constraint,
-            **settings,
-        )
-        return self.run_batch([request])[0]
+    def generate(self, prompt: Prompt, *args: Any, **options: Any) -> Generation:
+        """Generate one completion of ``prompt``. The options are those of :meth:`request`
+        (``max_new_tokens``, ``stop_token_ids``, ``stop``, ``seed``, ``trace``, ``constraint``
+        and config fields)."""
+        return self.run_batch([self.request(prompt, *args, **options)])[0]
 
     def generate_batch(
-        self,
-        prompts: Sequence[Prompt],
-        max_new_tokens: int | None = None,
-        stop_token_ids: Sequence[int] | None = None,
-        *,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        trace: bool = False,
-        constraint: Constraint | None = None,
-        **settings: Any,
+        self, prompts: Sequence[Prompt], *args: Any, **options: Any
     ) -> list[Generation]:
         """Generate a completion for every prompt, batched: each decision step makes one backend
         call for all prompts' candidates and one for all their rollouts. The options are those of
         :meth:`request`, shared by every prompt. With a seed the batch is reproducible as a
         batch: the same prompts give the same outputs, which differ from one-at-a-time calls."""
-        first = self.request(
-            "",
-            max_new_tokens,
-            stop_token_ids,
-            stop=stop,
-            seed=seed,
-            trace=trace,
-            constraint=constraint,
-            **settings,
-        )
+        first = self.request("", *args, **options)
         return self.run_batch([replace(first, prompt=p) for p in _prompt_list(prompts)])
 
-    def stream(
-        self,
-        prompt: Prompt,
-        max_new_tokens: int | None = None,
-        stop_token_ids: Sequence[int] | None = None,
-        *,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        trace: bool = False,
-        constraint: Constraint | None = None,
-        **settings: Any,
-    ) -> Iterator[Chunk]:
+    def stream(self, prompt: Prompt, *args: Any, **options: Any) -> Iterator[Chunk]:
         """Yield committed pieces as they are decided (never rollout text). The ``text`` deltas
-        join to ``Generation.text``; the last chunk carries the whole ``Generation``."""
-        request = self.request(
-            prompt,
-            max_new_tokens,
-            stop_token_ids,
-            stop=stop,
-            seed=seed,
-            trace=trace,
-            constraint=constraint,
-            **settings,
-        )
-        for _, chunk in self.run([request]):
+        join to ``Generation.text``; the last chunk carries the whole ``Generation``. The options
+        are those of :meth:`request`."""
+        for _, chunk in self.run([self.request(prompt, *args, **options)]):
             yield chunk
 
     def run_batch(self, requests: Sequence[Request]) -> list[Generation]:
