@@ -11,6 +11,8 @@ schedules them itself:
   ``max_logprobs``.
 * ``keep_cache`` is not needed: vLLM's own prefix cache (on by default) reuses shared prefixes
   in whole cache blocks.
+* Text (encode, decode, chat templates) is :mod:`.hf_text`'s, as in the transformers backend: a
+  special-token string typed into a chat message stays text.
 
 Base and proposal log-probs. vLLM returns one kind of log-prob per engine (``logprobs_mode``):
 ``raw_logprobs`` are the base model's whatever the temperature, ``processed_logprobs`` are those
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -66,6 +68,7 @@ from .base import (
     check_constraint,
     validate_prefixes,
 )
+from .hf_text import HFText
 
 if TYPE_CHECKING:
     from ..constraints import Matcher
@@ -79,7 +82,7 @@ DEFAULT_MAX_LOGPROBS = 64
 """``max_logprobs`` of engines built by :meth:`VLLMBackend.from_pretrained` (vLLM's own is 20)."""
 
 
-class VLLMBackend:
+class VLLMBackend(HFText):
     """A :class:`~power_sampling.backends.base.TextBackend` over a ``vllm.LLM`` engine.
 
     Build it with :meth:`from_pretrained` (a hub id or a local folder, plus any engine
@@ -185,36 +188,6 @@ class VLLMBackend:
             vocab = self.tokenizer.get_vocab()
             ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
         return {i for i in ids if 0 <= i < self.vocab_size}
-
-    # -- text --------------------------------------------------------------------------------
-
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        return [int(t) for t in self.tokenizer.encode(text, add_special_tokens=add_special_tokens)]
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        # No clean-up of spaces: decoding must be prefix-stable for stop strings and streaming.
-        ids = [int(t) for t in token_ids]
-        return str(
-            self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        )
-
-    def apply_chat_template(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None = None,
-    ) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(
-                f"the tokenizer of {self.name} has no chat template; pass a text prompt or "
-                "token ids, or set tokenizer.chat_template"
-            )
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages],
-            tools=[dict(t) for t in tools] if tools else None,
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        return self.encode(str(text))
 
     # -- the protocol ------------------------------------------------------------------------
 
