@@ -88,6 +88,9 @@ class KeptStore:
         """Keep these rows for later prefixes that equal or extend their sequences."""
         rows = concat(parts) if parts else None
         if rows is not None and rows.seqs:
+            for layer in rows.cache.layers:
+                if isinstance(layer, SharedLayer):
+                    layer.compact()  # a kept row holds its own tokens, not its prefix again
             index = {s: i for i, s in enumerate(rows.seqs)}
             self.batches.append(Kept(rows, index, {len(s) for s in rows.seqs}))
             del self.batches[: -self.capacity]

@@ -68,3 +68,80 @@ def test_kept_candidates_mixed_with_a_fresh_prompt_keep_sharing_the_prompt() -> 
     bound = 2 * len(prompt) + len(candidates) * (new + 1) + rows * 4 * (new + 1)
     assert held <= per_token * bound, (held / per_token, bound)
     assert held >= per_token * (len(prompt) + len(fresh))
+
+
+@pytest.mark.parametrize("rows", [1, 6])
+def test_whole_row_buffers_sample_exactly_what_assembled_rows_do(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding into a growing buffer (the default for small layers, grown here several times:
+    a 20-token prompt, 150 new tokens) draws the same tokens with the same log-probs as
+    assembling the whole rows afresh at every step (WHOLE_ROWS_BYTES = 0)."""
+    from power_sampling.backends import kv_shared
+    from power_sampling.backends.base import StopCondition
+    from power_sampling.random_models import random_backend
+
+    prompts = [[3 + i % 50 for i in range(20)], [7 + i % 30 for i in range(9)]]
+    never = StopCondition()  # every row runs its whole budget
+
+    def draw() -> tuple[list[Any], int]:
+        backend = random_backend("random:tiny", device="cpu")
+        first = backend.sample(prompts, rows, 150, seed=3, keep_cache=True, stop=never)
+        # Continue from the kept rows: their layers are selected, then grow their own buffers.
+        extend = [prompts[0] + list(first.continuations[0][0].token_ids)]
+        second = backend.sample(extend, rows, 40, seed=4, temperature=0.7, stop=never)
+        return first.continuations + second.continuations, first.forward_tokens
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 1-layer model's steps are too small to share out
+    try:
+        buffered, forward = draw()
+        monkeypatch.setattr(kv_shared, "WHOLE_ROWS_BYTES", 0)
+        assembled, forward_assembled = draw()
+    finally:
+        torch.set_num_threads(threads)
+    assert forward == forward_assembled
+    pairs = zip(
+        (c for row in buffered for c in row), (c for row in assembled for c in row), strict=True
+    )
+    for mine, theirs in pairs:
+        assert len(mine.token_ids) in (150, 40)
+        assert mine.token_ids == theirs.token_ids
+        assert mine.token_logprobs == pytest.approx(theirs.token_logprobs, abs=1e-5)
+        assert mine.proposal_logprobs == pytest.approx(theirs.proposal_logprobs, abs=1e-5)
+
+
+def test_a_whole_row_buffer_grows_keeping_its_rows() -> None:
+    """SharedLayer's buffer holds the shared columns then the own ones; growth past its capacity
+    copies them; past WHOLE_ROWS_BYTES it is dropped and the rows are assembled per step, same
+    values. Compacted (as kept rows are), the own columns no longer hold the buffer."""
+    from power_sampling.backends import kv_shared
+
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randn(1, 2, 5, 4, generator=gen)
+    layer = kv_shared.SharedLayer.of(prefix, prefix * 2, torch.zeros(3, dtype=torch.long))
+    steps = [torch.randn(3, 2, 1 + i % 3, 4, generator=gen) for i in range(100)]
+    buffers = set()
+    saved = kv_shared.WHOLE_ROWS_BYTES
+    try:
+        for i, new in enumerate(steps):
+            if i == 50:  # from here on, too large to keep whole (dropped at its next growth)
+                kv_shared.WHOLE_ROWS_BYTES = 0
+            keys, values = layer.update(new, new * 2)
+            expected = torch.cat([prefix.expand(3, -1, -1, -1), *steps[: i + 1]], dim=2)
+            assert torch.equal(keys, expected)
+            assert torch.equal(values, expected * 2)
+            assert layer.get_seq_length() == expected.shape[2]
+            if layer._buffer is not None:
+                buffers.add(layer._buffer[0].data_ptr())
+    finally:
+        kv_shared.WHOLE_ROWS_BYTES = saved
+    assert len(buffers) >= 2  # it grew at least once while allowed
+    assert layer._buffer is None
+    assert torch.equal(layer.full()[0], expected)
+    layer.update(steps[0], steps[0] * 2)  # a buffer again
+    assert layer._buffer is not None
+    own = layer.compact().own_keys
+    assert layer._buffer is None
+    assert own.untyped_storage().nbytes() == own.numel() * own.element_size()
+    assert torch.equal(own[:, :, -1:], steps[0][:, :, -1:])
