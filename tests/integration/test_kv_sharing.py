@@ -10,7 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from power_sampling import PowerSampler  # noqa: E402
 from power_sampling.backends import TransformersBackend  # noqa: E402
+from power_sampling.backends.kv_shared import MAX_SEGMENTS  # noqa: E402
 from power_sampling.testing import tiny_chat_model  # noqa: E402
 
 
@@ -145,3 +147,30 @@ def test_a_whole_row_buffer_grows_keeping_its_rows() -> None:
     assert layer._buffer is None
     assert own.untyped_storage().nbytes() == own.numel() * own.element_size()
     assert torch.equal(own[:, :, -1:], steps[0][:, :, -1:])
+
+
+def test_a_long_chain_of_shared_blocks_gives_the_model_log_probs() -> None:
+    """Eight blocks of power sampling: every call shares its rows' caches again, and beyond
+    three segments the last two merge; the chosen tokens' log-probs still equal a plain
+    forward pass over the whole sequence."""
+    model, tokenizer = tiny_chat_model(seed=1)
+    backend = TransformersBackend.from_transformers(model, tokenizer, stop_token_ids=[])
+    sampler = PowerSampler(
+        backend,
+        block_size=3,
+        rollout_length=3,
+        num_candidates=4,
+        top_k=2,
+        num_rollouts=2,
+        max_new_tokens=24,
+    )
+    prompt = [3 + i % 50 for i in range(40)]
+    out = sampler.generate(prompt, seed=0)
+    assert len(out.token_ids) == 24
+    layers: list[Any] = list(backend._kept.batches[-1].rows.cache.layers)
+    assert all(len(layer.segments) <= MAX_SEGMENTS for layer in layers)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt + list(out.token_ids)])).logits[0].float()
+    logp = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+    expected = logp[torch.arange(len(out.token_ids)), torch.tensor(out.token_ids)].sum()
+    assert abs(out.logprob - float(expected)) < 1e-3
