@@ -11,9 +11,11 @@ agent's choices favour continuations whose whole future is likely, not just the 
   setting (``lm.copy(metadata=...)`` for a whole module), and DSPy's cache keeps them apart.
 
 Run ``python cookbook/05_dspy_react.py`` (the embedded SmolLM2-135M-Instruct, a few minutes on a
-CPU). A 135M model rarely keeps ReAct's field format even with the worked example below, and the
-recipe reports when it breaks; pass a stronger model to ``power_lm`` in ``make_lm`` (e.g.
-``model="Qwen/Qwen2.5-1.5B-Instruct"``) to see the agent use its tool.
+CPU). Every step is constrained to its JSON schema (``SchemaJSONAdapter``), so it parses: the
+tool name is ``calculator`` or ``finish`` and every field is there. What the 135M model does with
+that is weak (it often finishes at once with a wrong answer); pass a stronger model to
+``power_lm`` in ``make_lm`` (e.g. ``model="Qwen/Qwen2.5-1.5B-Instruct"``) to see the agent use its
+tool. A reply cut by ``max_new_tokens`` can still fail to parse; the recipe reports it.
 ``POWER_SAMPLING_COOKBOOK_MODEL=tiny`` runs a tiny random model (a smoke test).
 """
 
@@ -26,7 +28,7 @@ import os
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from power_sampling.integrations.dspy import power_lm
+from power_sampling.integrations.dspy import SchemaJSONAdapter, power_lm
 
 TINY = os.environ.get("POWER_SAMPLING_COOKBOOK_MODEL") == "tiny"
 QUESTIONS = ["What is 37 * 49 + 12?", "A box holds 24 eggs. How many eggs are in 17 boxes?"]
@@ -104,11 +106,11 @@ def make_agent() -> dspy.ReAct:
 
 
 def main() -> list[str | None]:
-    # ChatAdapter, one call per step. JSONAdapter would constrain only the final extraction to a
-    # schema: ReAct's steps have an open mapping (the tool arguments), so DSPy sends them as
-    # "any JSON object", and the 135M model's most likely such object is {} (measured: both
-    # questions). With a stronger model either adapter works.
-    dspy.configure(lm=make_lm(), adapter=dspy.ChatAdapter(use_json_adapter_fallback=False))
+    # SchemaJSONAdapter sends each step's whole JSON schema (the tool name one of the tools or
+    # "finish", the arguments an object), and the engine constrains the reply to it, so every
+    # step parses; dspy.JSONAdapter would send ReAct's steps as "any JSON object" (their tool
+    # arguments are an open mapping), to which the 135M model's most likely reply is {}.
+    dspy.configure(lm=make_lm(), adapter=SchemaJSONAdapter())
     agent = make_agent()
     answers = []
     for question in QUESTIONS[:1] if TINY else QUESTIONS:

@@ -20,7 +20,8 @@ for the model's shared :class:`~power_sampling.scheduler.Scheduler`:
 - ``response_format`` (what ``dspy.JSONAdapter`` sends: a JSON schema of the output fields, or
   ``json_object`` when a field is an open mapping) constrains the reply to JSON valid under it
   (:mod:`power_sampling.constraints`), so a JSONAdapter reply parses unless ``max_tokens`` cuts
-  it. The engine declares ``supports_response_schema`` so JSONAdapter sends the schema.
+  it. The engine declares ``supports_response_schema`` so JSONAdapter sends the schema;
+  :class:`SchemaJSONAdapter` sends it for open mappings too (ReAct's tool arguments).
 - ``n > 1``: DSPy completes the same Request n times; each repeat draws with the next seed.
 - Concurrent calls (``dspy.Evaluate`` threads, ``acall``) with equal settings share batched
   sampler runs (see the scheduler).
@@ -57,7 +58,16 @@ from power_sampling.request import Request, resolve_settings
 from power_sampling.sampler import PowerSampler
 from power_sampling.scheduler import Scheduler, scheduler_for
 
-__all__ = ["AsyncPowerEngine", "PowerEngine", "PowerLM", "model_string", "power_lm"]
+from .dspy_adapter import SchemaJSONAdapter
+
+__all__ = [
+    "AsyncPowerEngine",
+    "PowerEngine",
+    "PowerLM",
+    "SchemaJSONAdapter",
+    "model_string",
+    "power_lm",
+]
 
 _SETTINGS = frozenset(PowerSamplingConfig.model_fields)
 _ACCEPTED_TEMPERATURES = (0.0, 0.7, 1.0)  # see the module docstring

@@ -217,6 +217,55 @@ def test_dspy_json_adapter_sends_a_schema_and_it_is_constrained() -> None:
     assert not admits(seen[-1].constraint, '{"answer": "four"}')
 
 
+def test_schema_json_adapter_constrains_react_steps_with_open_mappings() -> None:
+    """dspy.JSONAdapter sends ReAct's steps as any JSON object (their tool arguments are an open
+    mapping); SchemaJSONAdapter sends the step's schema, so the reply must name a tool and hold
+    every field."""
+    dspy = pytest.importorskip("dspy")
+    from power_sampling.integrations import dspy as power_dspy
+
+    def calc(expression: str) -> float:
+        """Evaluate an expression."""
+        return 4.0
+
+    step = '{"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}}'
+    final = '{"reasoning": "2 + 2 = 4", "answer": 4.0}'
+    seen: list[Any] = []
+    original = power_dspy.PowerEngine._translate
+
+    def spy(self: Any, request: Any) -> Any:
+        seen.append(original(self, request))
+        return seen[-1]
+
+    def reply(prompt: str) -> str:
+        return step if "next_tool_args" in prompt.rsplit("Respond with", 1)[-1] else final
+
+    backend = ScriptedLM(tiny_tokenizer(), reply)
+    lm = power_dspy.power_lm(backend=backend, cache=False, **BUDGET, max_new_tokens=64)
+    agent = dspy.ReAct("question -> answer: float", tools=[calc], max_iters=2)
+    try:
+        power_dspy.PowerEngine._translate = spy  # type: ignore[method-assign]
+        with dspy.context(lm=lm, adapter=power_dspy.SchemaJSONAdapter()):
+            assert agent(question="2 + 2?").answer == 4.0
+    finally:
+        power_dspy.PowerEngine._translate = original  # type: ignore[method-assign]
+    react = seen[0].constraint
+    assert admits(react, step)
+    assert admits(
+        react,
+        step.replace(
+            '"finish", "next_tool_args": {}', '"calc", "next_tool_args": {"expression": "2+2"}'
+        ),
+    )
+    for bad in [
+        "{}",
+        step.replace('"finish"', '"search"'),
+        step.replace(', "next_tool_args": {}', ""),
+    ]:
+        assert not admits(react, bad), bad
+    assert admits(seen[-1].constraint, final) and not admits(seen[-1].constraint, "{}")
+
+
 # -- the done criteria on the embedded model -------------------------------------------------------
 
 
