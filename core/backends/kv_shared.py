@@ -25,12 +25,13 @@ MAX_SEGMENTS = 3
 """Segments per layer: the prompt, the tokens generated before, and the latest shared tokens.
 More would make every attention assemble rows from more pieces."""
 WHOLE_ROWS_BYTES = 64 * 2**20
-"""A layer whose whole rows (keys and values, shared columns copied out per row) fit in this
-many bytes keeps them, while it runs, in one buffer that each step writes its new columns into;
-a larger one assembles them afresh at every step. That assembly copies every row's prefix at
-every step: on a CPU it was most of a small model's step at long contexts (a 64-row step of
-``random:tiny`` after 3000 tokens: 71 ms of CPU time, 22 ms with the buffer). Rows are kept
-(:meth:`SharedLayer.compact`) and shared again without the buffer."""
+"""A cache whose layers' whole rows (keys and values, shared columns copied out per row) fit in
+this many bytes together keeps them, while a call runs, in one buffer per layer that each step
+writes its new columns into; a larger one assembles a layer's whole rows afresh at every step.
+That assembly copies every row's prefix at every step: on a CPU it was most of a small model's
+step at long contexts (a 64-row step of ``random:tiny`` after 3000 tokens: 71 ms of CPU time,
+22 ms with the buffer). Rows are kept (:meth:`SharedLayer.compact`) and shared again without
+the buffer."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class SharedLayer(DynamicLayer):
         self.segments = segments
         self.own_keys, self.own_values = own
         self.keys, self.values = own
+        self.layers = 1
+        """How many layers the cache has: they share WHOLE_ROWS_BYTES (see :func:`budget`)."""
         self._buffer: tuple[torch.Tensor, torch.Tensor] | None = None
         """Whole rows with spare columns (see :data:`WHOLE_ROWS_BYTES`); while it lives, the
         own columns are views of it."""
@@ -117,10 +120,11 @@ class SharedLayer(DynamicLayer):
 
     def _grow(self, needed: int) -> None:
         """A buffer of at least ``needed`` columns holding the rows so far, with room to grow
-        by half again (so copies are rare); none when it would exceed WHOLE_ROWS_BYTES."""
+        by half again (so copies are rare); none when it would exceed this layer's share of
+        WHOLE_ROWS_BYTES."""
         own = self.own_keys
         per_column = 2 * own.shape[0] * own.shape[1] * own.shape[3] * own.element_size()
-        columns = min(needed + max(needed // 2, 64), WHOLE_ROWS_BYTES // per_column)
+        columns = min(needed + max(needed // 2, 64), WHOLE_ROWS_BYTES // self.layers // per_column)
         self._buffer = (
             None if columns < needed else (self._whole(0, columns), self._whole(1, columns))
         )
@@ -151,6 +155,13 @@ class SharedLayer(DynamicLayer):
         if len(segments) > MAX_SEGMENTS:
             segments[-2:] = [_merge(*segments[-2:])]
         return SharedLayer(segments, _no_columns(self.own_keys, self.own_values, len(at)))
+
+
+def budget(layers: list[Any]) -> None:
+    """Tell the shared layers of one cache how many share WHOLE_ROWS_BYTES."""
+    for layer in layers:
+        if isinstance(layer, SharedLayer):
+            layer.layers = len(layers)
 
 
 def _no_columns(

@@ -56,6 +56,7 @@ from .base import (
 from .draws import Draws, bad_logits_message, draw
 from .hf_text import HFText
 from .kv_rows import KeptStore, Rows, Seq, concat, select, share
+from .kv_shared import budget
 from .masks import RowMasks, masked_logprobs
 
 if TYPE_CHECKING:
@@ -353,6 +354,7 @@ class TransformersBackend(HFText):
         self._runs += 1
         rows.mask = torch.cat([rows.mask, new], dim=1)
         positions = (rows.mask.cumsum(1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        budget(rows.cache.layers)  # the layers' whole-row buffers share one memory budget
         kwargs: dict[str, Any] = {self._cache_arg: rows.cache}  # updated in place
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1  # no [rows, columns, vocab] logits for a long prefill

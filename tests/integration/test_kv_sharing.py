@@ -174,3 +174,26 @@ def test_a_long_chain_of_shared_blocks_gives_the_model_log_probs() -> None:
     logp = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
     expected = logp[torch.arange(len(out.token_ids)), torch.tensor(out.token_ids)].sum()
     assert abs(out.logprob - float(expected)) < 1e-3
+
+
+def test_the_layers_of_a_cache_share_one_buffer_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WHOLE_ROWS_BYTES bounds a cache's buffers together: a layer that would get a buffer alone
+    gets none when the budget is split over two layers (a deep model's small calls stay within
+    the memory bound of the shared cache)."""
+    from power_sampling.backends import kv_shared
+
+    prefix = torch.ones(1, 2, 5, 4)
+    per_column = 2 * 3 * 2 * 4 * 4  # keys and values of 3 rows, 2 heads, head dim 4, float32
+    monkeypatch.setattr(kv_shared, "WHOLE_ROWS_BYTES", 8 * per_column)  # 6 columns are needed
+
+    def layer() -> Any:
+        return kv_shared.SharedLayer.of(prefix, prefix, torch.zeros(3, dtype=torch.long))
+
+    alone, pair = layer(), [layer(), layer()]
+    kv_shared.budget(pair)
+    new = torch.zeros(3, 2, 1, 4)
+    for each in [alone, *pair]:
+        keys, _ = each.update(new, new)
+        assert keys.shape[2] == 6
+    assert alone._buffer is not None
+    assert all(each._buffer is None for each in pair)
