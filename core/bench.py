@@ -416,9 +416,14 @@ def constraint_overhead(
     methods: Sequence[str] = ("standard", "power"),
     seed: int = 0,
     samples: int = 1,
+    ignore_eos: bool = False,
 ) -> dict[str, Any]:
     """The cost of a constraint (a :class:`~power_sampling.constraints.Constraint`): each
     method with and without it, alternately on the same prompts and seeds.
+
+    Compare at equal lengths with ``ignore_eos`` and a constraint that cannot end before
+    ``max_new_tokens`` (e.g. ``Constraint.regex("[a-z ,.]{500}")``): otherwise a free output may
+    end at once and the two sides run different mixes of prefill and decode.
 
     Reported per method: seconds per forward token (a position the model ran, rollouts and
     candidates included: every one of them needs a mask under the constraint) both ways, the
@@ -426,6 +431,8 @@ def constraint_overhead(
     reflects that constrained outputs differ in length (a free output may end at once). The
     first constrained call, which compiles the grammar, runs before timing.
     """
+    if ignore_eos:
+        sampler = PowerSampler(IgnoreEOS(sampler.backend), sampler.config)
     sampler.generate(prompts[0], seed=seed, max_new_tokens=1, constraint=constraint)
     rows = []
     for method in methods:
@@ -454,13 +461,19 @@ def constraint_overhead(
                 "constrained_completion_tokens": int(held[2]),
             }
         )
-    return {"constraint": repr(constraint), "hardware": hardware(), "methods": rows}
+    return {
+        "constraint": repr(constraint),
+        "hardware": hardware(),
+        "ignore_eos": ignore_eos,
+        "methods": rows,
+    }
 
 
 def constraint_markdown(report: dict[str, Any]) -> str:
     """The constraint-overhead report as a markdown table."""
     lines = [
-        f"Constraint: `{report['constraint']}` on {report['hardware']}",
+        f"Constraint: `{report['constraint']}` on {report['hardware']}"
+        + ("; end tokens ignored" if report.get("ignore_eos") else ""),
         "",
         "| method | ms/forward token free | constrained | overhead ms | ratio "
         "| completion tokens free / constrained |",

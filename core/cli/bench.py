@@ -129,6 +129,7 @@ def _cmd_bench(args: Any) -> int:
             BENCH_PROMPTS[: args.prompts],
             parse_constraint(args.constraint),
             samples=args.samples,
+            ignore_eos=args.ignore_eos or is_random(args.model),
         )
         print(constraint_markdown(report))
         if args.json_out:

@@ -31,3 +31,21 @@ def test_constraint_overhead_times_both_ways_on_the_same_prompts() -> None:
 def test_bad_constraint_options_name_the_accepted_forms(spec: str) -> None:
     with pytest.raises(UsageError, match="--constraint"):
         parse_constraint(spec)
+
+
+def test_ignore_eos_compares_constrained_and_free_at_full_length(tiny_backend) -> None:
+    """A constraint that cannot end within the budget, and end tokens ignored on the free side:
+    both sides run every output to ``max_new_tokens`` (without ``ignore_eos`` the tiny model's
+    free power-sampled outputs end early on these seeds)."""
+    from power_sampling.constraints import Constraint
+
+    config = PowerSamplingConfig(
+        block_size=4, num_candidates=4, top_k=2, num_rollouts=2, rollout_length=4, max_new_tokens=24
+    )
+    sampler = PowerSampler(tiny_backend, config)
+    report = constraint_overhead(
+        sampler, ["Hi", "Count"], Constraint.regex("[a-z]{100}"), ignore_eos=True
+    )
+    assert report["ignore_eos"] and "end tokens ignored" in constraint_markdown(report)
+    for row in report["methods"]:
+        assert row["completion_tokens"] == row["constrained_completion_tokens"] == 2 * 24
