@@ -30,6 +30,10 @@ DSPy's cache key holds the model string, the messages and the call's kwargs (met
 not engine state, so the model string carries the settings: ``power/<model>@a4-k8-m8-<digest>``,
 where the digest covers the model reference and every config field. Responses carry the model
 string of the settings that actually ran, so history names them too.
+
+Over 400 lines: the engine's translation of every lm15 field, its sync and async forms, the LM
+wrapper and the model string (DSPy's cache key) are one contract with DSPy and read best
+together; the adapter is in :mod:`.dspy_adapter`.
 """
 
 from __future__ import annotations
