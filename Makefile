@@ -56,7 +56,7 @@ $(VLLM_VENV)/.built: pyproject.toml
 	$(VLLM_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# xgrammar (the constraints' engine) comes with vLLM, at the version vLLM pins.
-	$(VLLM_PY) -c "import vllm, xgrammar, power_sampling.backends.vllm_constraints"
+	$(VLLM_PY) -c "import vllm, xgrammar, power_sampling.backends.vllm.constraints"
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.built

@@ -49,7 +49,7 @@ def load_backend():
         from power_sampling.testing import tiny_chat_model
 
         return TransformersBackend.from_transformers(*tiny_chat_model(seed=0))
-    from power_sampling.models import resolve_model
+    from power_sampling.backends.models import resolve_model
 
     return resolve_model(None)  # the embedded SmolLM2-135M-Instruct
 

@@ -9,7 +9,7 @@ from .backends.base import Backend, StopCondition, TextBackend
 from .backends.table import TableLM
 from .config import METHODS, PRESETS, PowerSamplingConfig
 from .generation import Chunk, Generation, GenerationStats, StepTrace
-from .sampler import PowerSampler
+from .samplers.power_sampler import PowerSampler
 
 __version__ = "0.1.0"
 

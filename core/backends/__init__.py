@@ -21,14 +21,14 @@ from .ignore_eos import IgnoreEOS
 from .table import TableLM
 
 if TYPE_CHECKING:
-    from .transformers import TransformersBackend
-    from .vllm import VLLMBackend
+    from .transformers.backend import TransformersBackend
+    from .vllm.backend import VLLMBackend
 
 
 def load_transformers_backend() -> type[TransformersBackend]:
     """The ``TransformersBackend`` class, or an ImportError naming the extra that brings it."""
     try:
-        from .transformers import TransformersBackend
+        from .transformers.backend import TransformersBackend
     except ImportError as exc:
         if exc.name not in ("torch", "transformers", "gguf", "accelerate"):
             raise
@@ -44,7 +44,7 @@ def __getattr__(name: str) -> Any:
     if name == "TransformersBackend":
         return load_transformers_backend()
     if name == "VLLMBackend":
-        from .vllm import VLLMBackend
+        from .vllm.backend import VLLMBackend
 
         return VLLMBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

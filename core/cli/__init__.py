@@ -26,7 +26,9 @@ _SUBCOMMANDS = (generate, demo, eval, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from importlib.metadata import version
+
+    __version__ = version("power-sampling")
 
     parser = argparse.ArgumentParser(
         prog=PROG,

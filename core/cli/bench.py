@@ -1,4 +1,4 @@
-"""``power-sampling bench``: the measurements of :mod:`power_sampling.bench` on the command line."""
+"""``power-sampling bench``: the measurements of :mod:`power_sampling.measure.bench`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from ..backends.base import TextBackend
-from ..bench import (
+from ..backends.random_models import is_random
+from ..measure.bench import (
     BENCH_PROMPTS,
     constraint_markdown,
     constraint_overhead,
@@ -14,9 +15,8 @@ from ..bench import (
     run_bench,
     token_prompts,
 )
-from ..bench_memory import memory_by_prompt_length, memory_markdown
-from ..random_models import is_random
-from ..sampler import PowerSampler, Prompt
+from ..measure.memory import memory_by_prompt_length, memory_markdown
+from ..samplers.power_sampler import PowerSampler, Prompt
 from .common import (
     ModelLoadError,
     UsageError,
@@ -212,8 +212,8 @@ def load_vllm_backend(args: Any) -> Any:
     try:
         import torch
 
-        from ..backends.vllm import VLLMBackend
-        from ..models import default_model_dir
+        from ..backends.models import default_model_dir
+        from ..backends.vllm.backend import VLLMBackend
 
         path = args.model or str(default_model_dir())
         kwargs: dict[str, Any] = {"dtype": args.dtype or ("auto" if args.model else "float32")}

@@ -16,14 +16,13 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
-
 from ..config import METHODS, PRESETS, PowerSamplingConfig
+from ..errors import error_message
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..generation import Generation
-    from ..sampler import PowerSampler, Prompt
+    from ..samplers.power_sampler import PowerSampler, Prompt
 
 logger = logging.getLogger("power_sampling.cli")
 
@@ -163,22 +162,9 @@ def config_from_args(args: argparse.Namespace) -> PowerSamplingConfig:
         raise UsageError(error_message(exc)) from None
 
 
-def error_message(exc: BaseException) -> str:
-    """One line for an exception; pydantic's validation report reduced to the validator's text."""
-    if isinstance(exc, ValidationError):
-        parts = []
-        for error in exc.errors():
-            msg = str(error.get("msg", "")).removeprefix("Value error, ")
-            loc = ".".join(str(p) for p in error.get("loc", ()))
-            parts.append(msg if not loc or loc in msg else f"{loc}: {msg}")
-        return "; ".join(parts)
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def load_backend(args: argparse.Namespace) -> Backend:
     """The model named by ``--model`` (default: the embedded SmolLM2), ``--device``, ``--dtype``."""
-    from ..models import resolve_model
+    from ..backends.models import resolve_model
 
     check_model_arguments(args)
     kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}

@@ -64,7 +64,7 @@ def extract_number(text: str) -> int | float | None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..sampler import PowerSampler
+    from ..samplers.power_sampler import PowerSampler
 
     config = PowerSamplingConfig.preset(args.preset, seed=args.seed)
     progress = show_progress(args)

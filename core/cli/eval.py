@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from power_sampling.config import METHODS
-from power_sampling.evals.compare import COMPARE_METHODS
-from power_sampling.evals.tasks import TASKS
-
+from ..config import METHODS
+from ..evals.compare import COMPARE_METHODS
+from ..evals.tasks import TASKS
 from . import common as base
 
 DEFAULT_OUTPUT_DIR = "eval_results"
@@ -116,8 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any, Path]:
     """Validate flags, settings, task data and output files before the model loads."""
-    from power_sampling.evals.runner import prepare_output
-    from power_sampling.evals.tasks import get_task
+    from ..evals.runner import prepare_output
+    from ..evals.tasks import get_task
 
     config = base.config_from_args(args)
     if args.verbose < 2:  # math-verify warns on every call that its signal timeouts are off
@@ -141,7 +140,7 @@ def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from power_sampling.models import DEFAULT_MODEL
+    from ..backends.models import DEFAULT_MODEL
 
     return dict(
         limit=args.limit,
@@ -156,7 +155,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Evaluate one method; print its summary."""
-    from power_sampling.evals.runner import evaluate
+    from ..evals.runner import evaluate
 
     if args.methods is not None:
         raise base.UsageError("--methods is for 'eval compare'; use --method to evaluate one")
@@ -170,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Evaluate each of ``--methods``; print the markdown table, write it and the plot."""
-    from power_sampling.evals.compare import compare
+    from ..evals.compare import compare
 
     if "method" in args:
         raise base.UsageError("'eval compare' runs --methods; drop --method")

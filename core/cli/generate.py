@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..sampler import Prompt
+    from ..samplers.power_sampler import Prompt
 
 from .common import (
     UsageError,
@@ -93,7 +93,7 @@ def build_prompt(text: str, *, chat: bool, system: str | None) -> Prompt:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ..sampler import PowerSampler
+    from ..samplers.power_sampler import PowerSampler
 
     config = config_from_args(args)  # fail fast, before the model loads
     if args.stop and any(not s for s in args.stop):

@@ -106,7 +106,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ..models import DEFAULT_MODEL
+    from ..backends.models import DEFAULT_MODEL
 
     config = config_from_args(args)  # fail fast, before the model loads
     if args.backend == "vllm" and args.device is not None:
@@ -166,7 +166,7 @@ def _loader(args: argparse.Namespace) -> Any:
         options = argparse.Namespace(model=args.model, device=None, dtype=args.dtype)
         return functools.partial(load_vllm_backend, options)
     if args.replicas:
-        from ..loaded import load_shared
+        from ..engine.registry import load_shared
 
         return functools.partial(load_shared, args.model, device=args.device, dtype=args.dtype)
     return functools.partial(load_backend, args)

@@ -27,7 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..chat_tools import CLOSE, OPEN
+from ..chat.tools import CLOSE, OPEN
 from .base import Constraint
 from .grammar import GrammarConstraint, _xgrammar
 

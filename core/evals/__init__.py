@@ -3,9 +3,9 @@
 Importing this package is cheap: math-verify is imported only when a math answer is graded.
 """
 
-from power_sampling.evals.execution import ExecutionResult, run_python
-from power_sampling.evals.graders import GradeResult
-from power_sampling.evals.tasks import TASKS, Problem, Task, get_task
+from .execution import ExecutionResult, run_python
+from .graders import GradeResult
+from .tasks import TASKS, Problem, Task, get_task
 
 __all__ = [
     "TASKS",

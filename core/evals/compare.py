@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from power_sampling.backends.base import Backend
-from power_sampling.config import METHODS, PowerSamplingConfig
-from power_sampling.evals.runner import _Z, CI_METHOD, EvalSummary, as_sampler, evaluate
-from power_sampling.evals.tasks import Task, get_task
-from power_sampling.sampler import PowerSampler
+from ..backends.base import Backend
+from ..config import METHODS, PowerSamplingConfig
+from ..samplers.power_sampler import PowerSampler
+from .runner import _Z, CI_METHOD, EvalSummary, as_sampler, evaluate
+from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 

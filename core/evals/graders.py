@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from power_sampling.evals.execution import run_python
-from power_sampling.evals.math_worker import GRADE_TIMEOUT_S, GradeTimeout, math_equal_bounded
+from .execution import run_python
+from .math_worker import GRADE_TIMEOUT_S, GradeTimeout, math_equal_bounded
 
 # Longer answers are not handed to sympy: with timeouts off, a pathological expression could hang.
 MAX_ANSWER_CHARS = 1000

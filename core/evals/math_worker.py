@@ -118,7 +118,7 @@ def _plain_equal(gold: str, prediction: str) -> bool | None:
 
 def serve() -> None:
     """The worker's loop: ``[gold, prediction]`` lines in, ``{"equal": bool}`` lines out."""
-    from power_sampling.evals.graders import math_equal
+    from .graders import math_equal
 
     with contextlib.suppress(ImportError):
         import math_verify  # noqa: F401  (imported before "ready": not counted per answer)

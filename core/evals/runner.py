@@ -44,11 +44,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from power_sampling.backends.base import Backend
-from power_sampling.config import PowerSamplingConfig
-from power_sampling.evals.graders import GradeResult
-from power_sampling.evals.tasks import Problem, Task, choice_seed, get_task
-from power_sampling.sampler import PowerSampler
+from ..backends.base import Backend
+from ..config import PowerSamplingConfig
+from ..samplers.power_sampler import PowerSampler
+from .graders import GradeResult
+from .tasks import Problem, Task, choice_seed, get_task
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from power_sampling.evals import graders
-from power_sampling.evals.graders import GradeResult
-from power_sampling.evals.loading import read_jsonl, read_zipped_csv, resolve_data_file
+from . import graders
+from .graders import GradeResult
+from .loading import read_jsonl, read_zipped_csv, resolve_data_file
 
 Messages = list[dict[str, str]]
 Prompt = str | Messages

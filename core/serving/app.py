@@ -22,9 +22,9 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from ..cli.common import error_message
 from ..config import PowerSamplingConfig
-from ..scheduler import QueueFull
+from ..engine.scheduler import QueueFull
+from ..errors import error_message
 from .engine import Engine, Event, ShuttingDown, Started
 from .responses import DONE, Reply, error_body, event
 from .schemas import ChatCompletionRequest, CompletionRequest

@@ -5,9 +5,9 @@ queued (so a bad prompt or a full queue is known before a response starts), then
 :class:`~.translate.Delta` pieces of content and one :class:`~.translate.Choice` per finished
 choice. :class:`~.replicas.RayEngine` offers the same two methods over Ray actors.
 
-Every choice is a :class:`~power_sampling.scheduler.Job` of the backend's
-:class:`~power_sampling.scheduler.Scheduler`, so concurrent requests with equal settings share
-batched sampler runs. Leaving the event stream early (a client that disconnects, a cancelled
+Every choice is a :class:`~power_sampling.engine.scheduler.Job` of the backend's
+:class:`~power_sampling.engine.scheduler.Scheduler`, so concurrent requests with equal settings
+share batched sampler runs. Leaving the event stream early (a client that disconnects, a cancelled
 task) cancels the call's jobs, which frees their places at the sampler's next step.
 """
 
@@ -21,12 +21,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .. import chat_tools as tc
 from ..backends.base import Backend
+from ..chat import tools as tc
+from ..engine.scheduler import Job, Scheduler
 from ..generation import Chunk
 from ..request import Request
-from ..sampler import PowerSampler
-from ..scheduler import Job, Scheduler
+from ..samplers.power_sampler import PowerSampler
 from .translate import Call, Choice, Delta, Prepared, finish, prepare
 
 __all__ = ["Engine", "Event", "LocalEngine", "ShuttingDown", "Started"]
@@ -62,7 +62,7 @@ class LocalEngine:
     ``window``, ``max_batch`` and ``max_queue`` configure the scheduler: requests arriving within
     ``window`` seconds with equal settings run as one batch of at most ``max_batch``; beyond
     ``max_queue`` waiting choices a call fails at once with
-    :class:`~power_sampling.scheduler.QueueFull`.
+    :class:`~power_sampling.engine.scheduler.QueueFull`.
     """
 
     def __init__(

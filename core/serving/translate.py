@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import chat_tools as tc
+from ..chat import tools as tc
 from ..config import PowerSamplingConfig
 from ..constraints.chat import response_format_constraint, tool_call_constraint
 from ..constraints.grammar import GrammarConstraint
 from ..generation import Generation
 from ..request import Prompt, Request, resolve_settings
-from ..sampler import PowerSampler
+from ..samplers.power_sampler import PowerSampler
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}

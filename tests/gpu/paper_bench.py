@@ -10,7 +10,8 @@ B = H = 192, K = M = 8, L = 32, 10 MCMC steps per block) for 768 new tokens (4 b
 tokens ignored so every method runs to full length: one prompt, then a batch of 8. For each it
 prints wall time, sequential model steps (the critical path) and seconds per step, and
 extrapolates to the paper's 3072 tokens: the expected steps at 3072
-(:func:`power_sampling.bench.expected_sequential_steps`) times the measured seconds per step.
+(:func:`power_sampling.measure.bench.expected_sequential_steps`) times the measured seconds per
+step.
 The extrapolation holds the cost of a step fixed, so it leaves out that attention grows with the
 context (small next to a 7B model's weights at 3k tokens, but not nothing).
 
@@ -32,8 +33,8 @@ from typing import Any
 
 from power_sampling import PowerSampler, PowerSamplingConfig
 from power_sampling.backends import IgnoreEOS
-from power_sampling.bench import expected_sequential_steps, hardware, token_prompts
-from power_sampling.models import resolve_model
+from power_sampling.backends.models import resolve_model
+from power_sampling.measure.bench import expected_sequential_steps, hardware, token_prompts
 
 PAPER_TOKENS = 3072
 

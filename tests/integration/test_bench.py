@@ -11,7 +11,7 @@ import pytest
 
 from power_sampling import PowerSampler
 from power_sampling.backends import TransformersBackend
-from power_sampling.bench import RecordingBackend, markdown, replay_with_generate, run_bench
+from power_sampling.measure.bench import RecordingBackend, markdown, replay_with_generate, run_bench
 from power_sampling.testing import tiny_chat_model
 
 FAST = dict(

@@ -10,15 +10,15 @@ transformers = pytest.importorskip("transformers")
 
 from power_sampling import PowerSampler  # noqa: E402
 from power_sampling.backends import TransformersBackend  # noqa: E402
-from power_sampling.bench_memory import (  # noqa: E402
+from power_sampling.cli.bench import parse_lengths  # noqa: E402
+from power_sampling.cli.common import UsageError  # noqa: E402
+from power_sampling.measure.memory import (  # noqa: E402
     kv_bytes_per_token,
     memory_by_prompt_length,
     memory_markdown,
     peak_growth,
     slope,
 )
-from power_sampling.cli.bench import parse_lengths  # noqa: E402
-from power_sampling.cli.common import UsageError  # noqa: E402
 
 FAST = dict(
     block_size=4,

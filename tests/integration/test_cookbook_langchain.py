@@ -18,7 +18,7 @@ RECIPES = ["01_langchain_chain.py", "02_langchain_agent.py", "03_structured_outp
 def test_recipe_runs(
     recipe: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("power_sampling.backends.transformers")
+    pytest.importorskip("power_sampling.backends.transformers.backend")
     monkeypatch.setenv("POWER_SAMPLING_COOKBOOK_MODEL", "tiny")
     runpy.run_path(str(COOKBOOK / recipe), run_name="__main__")
     assert capsys.readouterr().out.strip()

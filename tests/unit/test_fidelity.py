@@ -12,7 +12,7 @@ import pytest
 
 from power_sampling import PowerSamplingConfig, exact
 from power_sampling.exact import total_variation
-from power_sampling.fidelity import (
+from power_sampling.measure.fidelity import (
     LENGTH,
     PROMPT,
     SHAPES,
@@ -20,7 +20,7 @@ from power_sampling.fidelity import (
     main,
     sampled_distribution,
 )
-from power_sampling.fidelity_rules import RULES
+from power_sampling.measure.selection_rules import RULES
 from power_sampling.samplers import ScalablePowerSampler
 
 CPU_PRESET_TV = 0.06

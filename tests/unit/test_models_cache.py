@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from power_sampling import models
+from power_sampling.backends import models
 
 
 def fake_build(gguf: Path, target: Path) -> None:
@@ -67,7 +67,7 @@ def test_concurrent_processes_build_once(tmp_path: Path) -> None:
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from power_sampling import models
+        from power_sampling.backends import models
         from test_models_cache import fake_build
         models._gguf_path = lambda: Path("unused.gguf")
         models._build = fake_build
@@ -125,9 +125,9 @@ def test_resolve_model_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
             calls.append(("from_pretrained", name, kwargs))
             return ("backend", name)
 
-    fake_module = type(sys)("power_sampling.backends.transformers")
+    fake_module = type(sys)("power_sampling.backends.transformers.backend")
     fake_module.TransformersBackend = FakeBackend  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "power_sampling.backends.transformers", fake_module)
+    monkeypatch.setitem(sys.modules, "power_sampling.backends.transformers.backend", fake_module)
     monkeypatch.setattr(models, "load_default", lambda **kw: ("default", kw))
 
     assert models.resolve_model() == ("default", {})
@@ -143,7 +143,7 @@ def test_resolve_model_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_importing_is_light() -> None:
     code = (
-        "import sys, power_sampling.models, power_sampling.testing; "
+        "import sys, power_sampling.backends.models, power_sampling.testing.models; "
         "heavy = {'torch', 'transformers', 'tokenizers'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

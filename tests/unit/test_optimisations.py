@@ -13,8 +13,8 @@ import pytest
 from tables import rarely_ending_table
 
 from power_sampling import PowerSampler, PowerSamplingConfig, TableLM, exact
-from power_sampling.bench import RecordingBackend
 from power_sampling.exact import total_variation
+from power_sampling.measure.bench import RecordingBackend
 
 LENGTH = 6
 BASE = dict(

@@ -11,8 +11,8 @@ import numpy as np
 from tables import rarely_ending_table
 
 from power_sampling import PowerSampler, PowerSamplingConfig, exact
-from power_sampling.bench import RecordingBackend
 from power_sampling.exact import total_variation
+from power_sampling.measure.bench import RecordingBackend
 
 RUNS = 2000
 # Two blocks: the first block's rollouts (H = B = 2) cover the whole future, so its estimate
@@ -48,7 +48,7 @@ def test_the_fast_path_samples_pi_without_candidate_calls_after_the_first_block(
 
 
 def test_the_paper_fast_preset_has_the_critical_path_of_standard_decoding() -> None:
-    from power_sampling.bench import expected_sequential_steps
+    from power_sampling.measure.bench import expected_sequential_steps
 
     fast = PowerSamplingConfig.preset("paper-fast")
     paper = PowerSamplingConfig.preset("paper")

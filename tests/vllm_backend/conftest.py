@@ -44,7 +44,7 @@ class Pair:
 def embedded() -> Iterator[Pair]:
     """The embedded SmolLM2-135M-Instruct, loaded by vLLM from its de-quantized folder."""
     from power_sampling.backends import TransformersBackend, VLLMBackend
-    from power_sampling.models import default_model_dir, load_default_pretrained
+    from power_sampling.backends.models import default_model_dir, load_default_pretrained
 
     model, tokenizer = load_default_pretrained()
     backend = VLLMBackend.from_pretrained(str(default_model_dir()), max_model_len=1024, **ENGINE)
@@ -56,7 +56,7 @@ def _table_engine(folder: Path, mode: str, constraints: bool = True) -> Any:
     logits processor (as ``VLLMBackend.from_pretrained`` does)."""
     from vllm import LLM
 
-    from power_sampling.backends.vllm_constraints import PROCESSOR_NAME
+    from power_sampling.backends.vllm.constraints import PROCESSOR_NAME
 
     return LLM(
         str(folder),

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from ..text import tokens_to_stop
-from .base import (
+from ...text import tokens_to_stop
+from ..base import (
     Continuation,
     SampleOutput,
     StopCondition,
@@ -53,14 +53,14 @@ from .base import (
     check_constraint,
     validate_prefixes,
 )
+from ..hf_text import HFText
 from .draws import Draws, bad_logits_message, draw
-from .hf_text import HFText
 from .kv_rows import KeptStore, Rows, Seq, concat, select, share
 from .kv_shared import budget
 from .masks import RowMasks, masked_logprobs
 
 if TYPE_CHECKING:
-    from ..constraints import Matcher
+    from ...constraints import Matcher
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ Hermes format that SmolLM2's and Qwen's templates use). Tools go through the cha
 own tool support (``apply_chat_template(tools=...)``) or, for a template without it, into a
 system message that describes them and this format (:func:`describe_tools`).
 
-The LangChain chat model (:mod:`power_sampling.integrations.tool_calls`) and the HTTP server
-(:mod:`power_sampling.serving`) both build on this module; it imports no framework.
+The LangChain chat model (:mod:`power_sampling.integrations.langchain.tool_calls`) and the HTTP
+server (:mod:`power_sampling.serving`) both build on this module; it imports no framework.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from .backends.base import TextBackend
+from ..backends.base import TextBackend
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 TOOLS_PROMPT = (

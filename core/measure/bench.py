@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend
-from .backends.ignore_eos import IgnoreEOS
-from .config import PowerSamplingConfig
-from .sampler import PowerSampler, Prompt
+from ..backends.base import Backend
+from ..backends.ignore_eos import IgnoreEOS
+from ..config import PowerSamplingConfig
+from ..samplers.power_sampler import PowerSampler, Prompt
 
 BENCH_PROMPTS: tuple[str, ...] = (
     "A baker makes 24 muffins and sells 3 boxes of 6. How many muffins are left?",

@@ -37,14 +37,14 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from ..constraints import new_bitmask
+from ...constraints import new_bitmask
 
 if TYPE_CHECKING:
-    from ..constraints import Matcher
+    from ...constraints import Matcher
 
 EXTRA_ARG = "power_sampling_constraint"
 """The ``SamplingParams.extra_args`` key that names a request's :class:`Call`."""
-PROCESSOR_NAME = "power_sampling.backends.vllm_constraints:ConstraintLogitsProcessor"
+PROCESSOR_NAME = "power_sampling.backends.vllm.constraints:ConstraintLogitsProcessor"
 """The processor's fully qualified name, as ``vllm.LLM(logits_processors=[...])`` takes it."""
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection
 
 import torch
 
-from .base import Continuation
+from ..base import Continuation
 from .kv_rows import Rows, select
 
 

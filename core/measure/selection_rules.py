@@ -1,8 +1,8 @@
 """Candidate selection rules tried against top-K in the fidelity study (none is shipped).
 
 Each is a :class:`ScalablePowerSampler` whose block step builds its candidate pool differently;
-``python -m power_sampling.fidelity --rules`` compares them with top-K at equal settings on the
-study's tables. They exist to keep the README's comparison reproducible, not for use: the
+``python -m power_sampling.measure.fidelity --rules`` compares them with top-K at equal settings on
+the study's tables. They exist to keep the README's comparison reproducible, not for use: the
 weights they add are folded into the candidates' log-likelihoods, so ``Generation.logprob`` of
 their generations is not the base log-likelihood.
 
@@ -20,9 +20,9 @@ import math
 
 import numpy as np
 
-from .backends.base import StopCondition
-from .samplers import SequenceState
-from .samplers.power import Candidate, ScalablePowerSampler, _power_mass, _Proposal
+from ..backends.base import StopCondition
+from ..samplers import SequenceState
+from ..samplers.power import Candidate, ScalablePowerSampler, _power_mass, _Proposal
 
 
 def _log_inclusion(log_q: float, draws: int) -> float:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .backends.base import Backend
+from ..backends.base import Backend
 
 __all__ = ["load_shared", "loaded_models"]
 
@@ -29,7 +29,7 @@ _GUARD = threading.Lock()
 def _key(
     model: str | None, device: str | None, dtype: str | None, kwargs: Mapping[str, Any]
 ) -> str:
-    from .models import DEFAULT_MODEL
+    from ..backends.models import DEFAULT_MODEL
 
     name = DEFAULT_MODEL if model in (None, "default") else str(model)
     return json.dumps([name, device, dtype, dict(kwargs)], sort_keys=True, default=repr)
@@ -45,7 +45,7 @@ def load_shared(
     """The backend of ``model`` (a name or path; None = the embedded default) on ``device`` with
     ``dtype``, loaded on first use and shared afterwards. ``model_kwargs`` go to
     ``from_pretrained``. Concurrent first calls load it once."""
-    from .models import resolve_model
+    from ..backends.models import resolve_model
 
     kwargs = dict(model_kwargs or {})
     key = _key(model, device, dtype, kwargs)

@@ -21,14 +21,17 @@ from pydantic import (
     model_validator,
 )
 
-from power_sampling import Generation, PowerSampler, PowerSamplingConfig, TextBackend
-from power_sampling.generation import cost as cost  # re-exported for the adapters
-from power_sampling.loaded import load_shared
-from power_sampling.models import DEFAULT_MODEL
-from power_sampling.request import Request, resolve_settings, unknown_setting_message
-from power_sampling.scheduler import Scheduler, scheduler_for
+from ...backends.base import TextBackend
+from ...backends.models import DEFAULT_MODEL
+from ...config import PowerSamplingConfig
+from ...engine.registry import load_shared
+from ...engine.scheduler import Scheduler, scheduler_for
+from ...generation import Generation
+from ...generation import cost as cost  # re-exported for the adapters
+from ...request import Request, resolve_settings, unknown_setting_message
+from ...samplers.power_sampler import PowerSampler
 
-logger = logging.getLogger("power_sampling.integrations.langchain")
+logger = logging.getLogger("power_sampling.integrations.langchain.chat_model")
 
 Stop = list[str] | None
 # Keys LangChain, its standard tests and agents pass that mean nothing to a local sampler.

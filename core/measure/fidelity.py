@@ -1,12 +1,12 @@
 """Fidelity at small budgets: total variation to the exact power distribution against cost.
 
-``python -m power_sampling.fidelity [--quick] [--rules] [--out DIR]`` runs the power sampler on
-small random table models of several shapes (flat and peaked next-token distributions, early
-and late endings), compares the distribution of its completions with the exact π ∝ p^α
+``python -m power_sampling.measure.fidelity [--quick] [--rules] [--out DIR]`` runs the power sampler
+on small random table models of several shapes (flat and peaked next-token distributions, early and
+late endings), compares the distribution of its completions with the exact π ∝ p^α
 (:mod:`power_sampling.exact`), and records the mean forward tokens per generation. Block level
 (Algorithm 2) over K, L, M and B; token level (Algorithm 1) over K and M; both over α. Seeds are
-fixed, so a run repeats exactly. The full grid takes about ten minutes on one CPU core;
-``--rules`` compares the candidate selection rules of :mod:`power_sampling.fidelity_rules`.
+fixed, so a run repeats exactly. The full grid takes about ten minutes on one CPU core; ``--rules``
+compares the candidate selection rules of :mod:`power_sampling.measure.selection_rules`.
 
 The sampled distribution is estimated with a Rao-Blackwellised count: every step adds the
 probability it gave each candidate that finishes the completion there (ended, or filled the
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from . import exact
-from .backends.table import TableLM
-from .config import PowerSamplingConfig
-from .fidelity_rules import RULES
-from .samplers import ScalablePowerSampler, SequenceState
+from .. import exact
+from ..backends.table import TableLM
+from ..config import PowerSamplingConfig
+from ..samplers import ScalablePowerSampler, SequenceState
+from .selection_rules import RULES
 
 PROMPT = (1,)
 EOS = 0
@@ -248,7 +248,7 @@ def _compose(
 
 def measure(shape: str, setting: Setting, runs: int, rule: str = "top-K") -> Result:
     """TV to π and cost of ``setting`` on the table shape ``shape``, with the selection
-    ``rule`` (one of :data:`power_sampling.fidelity_rules.RULES`)."""
+    ``rule`` (one of :data:`power_sampling.measure.selection_rules.RULES`)."""
     lm = SHAPES[shape]()
     pi = exact.power_distribution(lm, PROMPT, setting.alpha, LENGTH)
     est = sampled_distribution(RULES[rule](lm, setting.config()), runs)
@@ -334,7 +334,7 @@ def markdown(results: Sequence[Result]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m power_sampling.fidelity",
+        prog="python -m power_sampling.measure.fidelity",
         description="TV to the exact power distribution against cost, on table models.",
     )
     parser.add_argument("--quick", action="store_true", help="a small grid, 200 draws each")

@@ -5,7 +5,7 @@ a signature with an open mapping (``dict[str, Any]``, e.g. ``dspy.ReAct``'s ``ne
 gets ``{"type": "json_object"}`` instead, so the reply may be any object at all (a small model's
 most likely one is ``{}``, which has none of the fields). A grammar-constrained engine can follow
 open mappings: this adapter sends the schema of every output field, each required, no others,
-an open mapping as any JSON object. With :func:`power_sampling.integrations.dspy.power_lm` every
+an open mapping as any JSON object. With :func:`power_sampling.integrations.dspy.lm.power_lm` every
 reply then holds every field with a value of its type, so it parses unless ``max_tokens`` cuts it.
 """
 

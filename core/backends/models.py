@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from power_sampling.backends.transformers import TransformersBackend
+    from .transformers.backend import TransformersBackend
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -297,7 +297,7 @@ def load_default(
     ``device`` and ``dtype`` are as in :func:`load_default_pretrained`; ``backend_kwargs`` go to
     ``TransformersBackend.from_transformers``.
     """
-    from power_sampling.backends import load_transformers_backend
+    from . import load_transformers_backend
 
     backend_class = load_transformers_backend()  # a clear error without the [hf] extra
     model, tokenizer = load_default_pretrained(device=device, dtype=dtype)
@@ -310,7 +310,8 @@ def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
     - ``None``, ``"default"`` or ``"SmolLM2-135M-Instruct"``: :func:`load_default`, the embedded
       model.
     - ``"random:<architecture>"``: a randomly initialised model from a config written in code
-      (:mod:`power_sampling.random_models`), for speed measurements with nothing to download.
+      (:mod:`power_sampling.backends.random_models`), for speed measurements with nothing to
+      download.
     - any other string or path (a hub id or a local folder):
       ``TransformersBackend.from_pretrained``.
     - anything else (a backend the caller already built) is returned unchanged.
@@ -320,11 +321,11 @@ def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
     if model is None or model == "default" or model == DEFAULT_MODEL:
         return load_default(**backend_kwargs)
     if isinstance(model, str) and model.startswith("random:"):
-        from power_sampling.random_models import random_backend
+        from .random_models import random_backend
 
         return random_backend(model, **backend_kwargs)
     if isinstance(model, str | os.PathLike):
-        from power_sampling.backends import load_transformers_backend
+        from . import load_transformers_backend
 
         return load_transformers_backend().from_pretrained(os.fspath(model), **backend_kwargs)
     if backend_kwargs:

@@ -30,10 +30,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .backends.base import Backend
-from .generation import Chunk, Generation
-from .request import Request
-from .sampler import PowerSampler
+from ..backends.base import Backend
+from ..generation import Chunk, Generation
+from ..request import Request
+from ..samplers.power_sampler import PowerSampler
 
 __all__ = ["Job", "QueueFull", "Scheduler", "scheduler_for"]
 

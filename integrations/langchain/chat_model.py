@@ -6,10 +6,11 @@
 
 The adapter only translates: LangChain messages to chat-template token ids and a
 :class:`~power_sampling.request.Request`, sampler output to ``AIMessage`` and tool calls (the
-text protocol is in :mod:`.tool_calls`, shared fields in :mod:`.langchain_params`, message
-conversion in :mod:`.langchain_messages`). Requests run on the model's shared
-:class:`~power_sampling.scheduler.Scheduler`, so concurrent calls (``batch``, agents, threads)
-share batched sampler runs, and every instance naming the same model shares one loaded copy.
+text protocol is in :mod:`.tool_calls`, shared fields in :mod:`.params`, message
+conversion in :mod:`.messages`). Requests run on the model's shared
+:class:`~power_sampling.engine.scheduler.Scheduler`, so concurrent calls (``batch``, agents,
+threads) share batched sampler runs, and every instance naming the same model shares one loaded
+copy.
 Tool calls and structured output are constrained (:mod:`power_sampling.constraints.chat`): a
 forced ``tool_choice`` makes the reply exactly one ``<tool_call>`` whose arguments are valid
 under the tool's schema, ``"auto"`` lets it be text (without tool markup) or text and one valid
@@ -46,12 +47,12 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrou
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from power_sampling import Generation, TextBackend
-from power_sampling.constraints.chat import response_format_constraint, tool_call_constraint
-from power_sampling.request import Request
-
+from ...backends.base import TextBackend
+from ...constraints.chat import response_format_constraint, tool_call_constraint
+from ...generation import Generation
+from ...request import Request
 from . import tool_calls as tc
-from .langchain_messages import (
+from .messages import (
     Reply,
     chat_chunk,
     chat_result,
@@ -59,7 +60,7 @@ from .langchain_messages import (
     openai_tool,
     require_tool_call,
 )
-from .langchain_params import PowerSamplingParams, Stop, concurrency, cost, usage
+from .params import PowerSamplingParams, Stop, concurrency, cost, usage
 
 __all__ = ["ChatPowerSampling", "PowerSamplingLLM"]
 

@@ -1,13 +1,13 @@
 """DSPy integration: any DSPy program, power-sampled.
 
     import dspy
-    from power_sampling.integrations.dspy import power_lm
+    from power_sampling.integrations.dspy.lm import power_lm
 
     dspy.configure(lm=power_lm(preset="cpu"))   # the embedded SmolLM2-135M-Instruct
 
 ``power_lm`` returns a :class:`PowerLM`, a ``dspy.LM`` whose engine (DSPy 3.4's supported route
 for custom LMs) translates DSPy requests into :class:`~power_sampling.request.Request` objects
-for the model's shared :class:`~power_sampling.scheduler.Scheduler`:
+for the model's shared :class:`~power_sampling.engine.scheduler.Scheduler`:
 
 - ``Request.system`` and ``Request.messages`` become chat messages for the tokenizer's template;
   ``max_tokens`` -> ``max_new_tokens``, ``stop`` -> stop strings, ``seed`` -> the sampler seed.
@@ -51,18 +51,17 @@ try:
     from dspy import lm15
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "power_sampling.integrations.dspy needs DSPy: pip install 'power-sampling[dspy]'"
+        "power_sampling.integrations.dspy.lm needs DSPy: pip install 'power-sampling[dspy]'"
     ) from exc
 
-from power_sampling.config import PowerSamplingConfig
-from power_sampling.constraints.chat import response_format_constraint
-from power_sampling.generation import Generation
-from power_sampling.loaded import load_shared
-from power_sampling.request import Request, resolve_settings
-from power_sampling.sampler import PowerSampler
-from power_sampling.scheduler import Scheduler, scheduler_for
-
-from .dspy_adapter import SchemaJSONAdapter
+from ...config import PowerSamplingConfig
+from ...constraints.chat import response_format_constraint
+from ...engine.registry import load_shared
+from ...engine.scheduler import Scheduler, scheduler_for
+from ...generation import Generation
+from ...request import Request, resolve_settings
+from ...samplers.power_sampler import PowerSampler
+from .adapter import SchemaJSONAdapter
 
 __all__ = [
     "AsyncPowerEngine",
@@ -130,7 +129,7 @@ class PowerEngine:
         elif self._backend is not None:
             self.model_ref = getattr(self._backend, "name", None) or type(self._backend).__name__
         else:
-            from power_sampling.models import DEFAULT_MODEL
+            from ...backends.models import DEFAULT_MODEL
 
             self.model_ref = DEFAULT_MODEL
         self.name = name or Path(self.model_ref).name

@@ -1,8 +1,8 @@
 """Peak memory against prompt length, for ``power-sampling bench --prompt-lengths``.
 
 Each method generates once from a prompt of each length (fixed token ids without end tokens,
-:func:`~power_sampling.bench.token_prompts`), and the memory its generation needed on top of what
-was held before is recorded: on CUDA the peak of ``torch.cuda.max_memory_allocated`` over the
+:func:`~power_sampling.measure.bench.token_prompts`), and the memory its generation needed on top of
+what was held before is recorded: on CUDA the peak of ``torch.cuda.max_memory_allocated`` over the
 allocation at the start; on a CPU the peak resident set size (Linux's ``VmHWM``, reset through
 ``/proc/self/clear_refs`` before each run) over the resident size at the start. Kept KV caches of
 earlier runs are dropped first, so each run starts from the same state.
@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .sampler import PowerSampler
+from ..samplers.power_sampler import PowerSampler
 
 MEMORY_METHODS: tuple[str, ...] = ("standard", "power", "mcmc")
 """The methods a prompt-length sweep runs (the paper's power algorithm, as in the bench)."""
@@ -123,7 +123,7 @@ def memory_by_prompt_length(
     """Each method's peak memory growth (and wall time) generating from one prompt of each of
     ``lengths`` tokens, shortest first; plus the KV bytes per token and each method's slope in
     bytes per prompt token. ``ignore_eos`` runs every generation to full length."""
-    from .backends.ignore_eos import IgnoreEOS
+    from ..backends.ignore_eos import IgnoreEOS
     from .bench import token_prompts
 
     backend = sampler.backend

@@ -1,7 +1,7 @@
 """The tool-call text protocol for the LangChain chat model.
 
 The protocol itself (``<tool_call>`` blocks, tool descriptions for templates without tool
-support, prefills, the streaming splitter) is framework-free in :mod:`power_sampling.chat_tools`
+support, prefills, the streaming splitter) is framework-free in :mod:`power_sampling.chat.tools`
 and re-exported here; this module adds parsing into LangChain's tool calls: the JSON goes to
 langchain-core's ``parse_tool_call`` and failures are reported with ``make_invalid_tool_call``.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.exceptions import OutputParserException
 from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
 
-from power_sampling.chat_tools import (
+from ...chat.tools import (
     CALL_PATTERN,
     CLOSE,
     JSON_PROMPT,

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend, StopCondition, TextBackend
-from .config import PowerSamplingConfig
-from .constraints import Constraint, ConstraintCursor
-from .generation import Chunk, Generation
-from .request import Prompt, Request, check_prompt, resolve_settings
-from .samplers import SequenceState, make_sampler
-from .text import StopStringTracker
+from ..backends.base import Backend, StopCondition, TextBackend
+from ..config import PowerSamplingConfig
+from ..constraints import Constraint, ConstraintCursor
+from ..generation import Chunk, Generation
+from ..request import Prompt, Request, check_prompt, resolve_settings
+from ..text import StopStringTracker
+from . import SequenceState, make_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class PowerSampler:
         **overrides: Any,
     ) -> None:
         if backend is None or isinstance(backend, str):
-            from .models import resolve_model
+            from ..backends.models import resolve_model
 
             backend = resolve_model(backend)
         if not isinstance(backend, Backend):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .backends.transformers import TransformersBackend
+    from .transformers.backend import TransformersBackend
 
 PREFIX = "random:"
 
@@ -98,7 +98,7 @@ def random_backend(
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from .backends.transformers import TransformersBackend
+    from .transformers.backend import TransformersBackend
 
     arch = name.removeprefix(PREFIX)
     if arch not in ARCHITECTURES:

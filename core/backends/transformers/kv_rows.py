@@ -4,7 +4,7 @@ store of kept batches that later calls continue from.
 A :class:`Rows` batch holds one sequence per row, every token of it in the cache. Rows of
 different lengths share a batch by padding: caches are left-padded with masked zero columns, and
 rows extended by different numbers of tokens leave masked holes (``mask`` is 0 there). Nothing
-here runs the model; :mod:`power_sampling.backends.transformers` does.
+here runs the model; :mod:`power_sampling.backends.transformers.backend` does.
 
 Rows that continue the same prefix share its keys and values (:func:`share`): each layer stores
 the prefixes once and only the tokens after them per row (:class:`~.kv_shared.SharedLayer`), so

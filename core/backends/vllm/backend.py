@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .base import (
+from ..base import (
     Continuation,
     SampleOutput,
     StopCondition,
@@ -68,11 +68,11 @@ from .base import (
     check_constraint,
     validate_prefixes,
 )
-from .hf_text import HFText
+from ..hf_text import HFText
 
 if TYPE_CHECKING:
-    from ..constraints import Matcher
-    from .vllm_constraints import Call
+    from ...constraints import Matcher
+    from .constraints import Call
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 """Chat end-of-turn tokens that end a continuation whenever the vocabulary has them."""
@@ -201,7 +201,7 @@ class VLLMBackend(HFText):
     ) -> TopKOutput:
         from vllm import SamplingParams
 
-        from .vllm_constraints import registered
+        from .constraints import registered
 
         validate_prefixes(prefixes, self.vocab_size)
         calls = self._calls(constraint, len(prefixes), k)
@@ -254,7 +254,7 @@ class VLLMBackend(HFText):
     ) -> SampleOutput:
         from vllm import SamplingParams
 
-        from .vllm_constraints import registered
+        from .constraints import registered
 
         validate_prefixes(prefixes, self.vocab_size)
         calls = self._calls(constraint, len(prefixes))
@@ -340,8 +340,8 @@ class VLLMBackend(HFText):
         check_constraint(constraint, count)
         if constraint is None or all(m is None for m in constraint):
             return [None] * count
-        from ..constraints import Matcher
-        from .vllm_constraints import Call, unsupported_reason
+        from ...constraints import Matcher
+        from .constraints import Call, unsupported_reason
 
         for i, m in enumerate(constraint):
             if m is not None and not isinstance(m, Matcher):
@@ -415,7 +415,7 @@ def _model_config(llm: Any) -> Any:
     return llm.llm_engine.model_config
 
 
-_PROCESSOR = "power_sampling.backends.vllm_constraints:ConstraintLogitsProcessor"
+_PROCESSOR = "power_sampling.backends.vllm.constraints:ConstraintLogitsProcessor"
 
 
 def _v1_model_runner() -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..constraints import Matcher, new_bitmask
+from ...constraints import Matcher, new_bitmask
 from .draws import scaled_log_softmax
 
 

@@ -1,0 +1,1 @@
+"""Chat messages to sampler requests, and the tool-call text protocol, for every entry point."""
