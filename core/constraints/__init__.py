@@ -4,22 +4,26 @@ See :mod:`power_sampling.constraints.base` for the target power sampling defines
 constraint, π_G(x) ∝ p(x)^α · 1[x valid], and why rollouts need importance weights.
 """
 
+from .automaton import TokenAutomaton
 from .base import (
     Constraint,
-    ConstraintCursor,
+    GrammarConstraint,
     Matcher,
-    TokenAutomaton,
+    Vocabulary,
     allowed_tokens,
     bitmask_words,
     new_bitmask,
     unpack_bitmask,
 )
+from .cursor import ConstraintCursor
 
 __all__ = [
     "Constraint",
     "ConstraintCursor",
+    "GrammarConstraint",
     "Matcher",
     "TokenAutomaton",
+    "Vocabulary",
     "allowed_tokens",
     "bitmask_words",
     "new_bitmask",

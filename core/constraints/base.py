@@ -46,14 +46,15 @@ enter the Metropolis-Hastings ratio, so its chain targets π_G exactly.
 
 from __future__ import annotations
 
+import json
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..backends.base import Backend
+from . import grammar as engine
 
 
 def bitmask_words(vocab_size: int) -> int:
@@ -71,6 +72,14 @@ def unpack_bitmask(bitmask: np.ndarray, vocab_size: int) -> np.ndarray:
     grammar engines lay them out)."""
     bits = np.unpackbits(np.ascontiguousarray(bitmask).view(np.uint8), axis=-1, bitorder="little")
     return bits[..., :vocab_size].astype(bool)
+
+
+class Vocabulary(Protocol):
+    """What a constraint needs of a backend: its vocabulary size (and, for text constraints, a
+    ``tokenizer`` attribute). Every :class:`~power_sampling.backends.base.Backend` is one."""
+
+    @property
+    def vocab_size(self) -> int: ...
 
 
 @runtime_checkable
@@ -104,7 +113,7 @@ class Constraint(ABC):
     :class:`TokenAutomaton` (explicit token ids, for any backend)."""
 
     @abstractmethod
-    def matcher(self, backend: Backend, stop_token_ids: Collection[int]) -> Matcher:
+    def matcher(self, backend: Vocabulary, stop_token_ids: Collection[int]) -> Matcher:
         """A matcher at the start of an output of ``backend``; ``stop_token_ids`` are the end
         tokens, allowed once the output is complete."""
 
@@ -115,127 +124,83 @@ class Constraint(ABC):
         """Outputs that are JSON documents valid under ``schema`` (a dict, a JSON string, or a
         pydantic model class), laid out like ``json.dumps`` (``", "`` and ``": "``) unless
         ``any_whitespace`` allows free whitespace between tokens (small models fill it)."""
-        from .grammar import GrammarConstraint
-
         return GrammarConstraint.from_json_schema(schema, any_whitespace=any_whitespace)
 
     @staticmethod
     def regex(pattern: str) -> Constraint:
         """Outputs whose text matches ``pattern`` in full."""
-        from .grammar import GrammarConstraint
-
         return GrammarConstraint("regex", pattern)
 
     @staticmethod
     def grammar(ebnf: str) -> Constraint:
         """Outputs of a context-free grammar in GBNF/EBNF (``root ::= ...``)."""
-        from .grammar import GrammarConstraint
-
         return GrammarConstraint("grammar", ebnf)
 
     @staticmethod
     def json() -> Constraint:
         """Any JSON value."""
-        from .grammar import GrammarConstraint
-
         return GrammarConstraint("json", "")
 
 
-class TokenAutomaton(Constraint):
-    """A deterministic automaton over token ids: ``transitions[state][token] = next state``.
+Kind = Literal["json_schema", "regex", "grammar", "json"]
 
-    The end tokens are allowed exactly in ``accepting`` states. Exact and tiny, for table models
-    and token-id backends (no tokenizer needed).
-    """
 
-    def __init__(
-        self,
-        transitions: Mapping[int, Mapping[int, int]],
-        accepting: Collection[int],
-        start: int = 0,
-    ) -> None:
-        self.transitions = {
-            int(s): {int(t): int(n) for t, n in e.items()} for s, e in transitions.items()
-        }
-        self.accepting = frozenset(int(s) for s in accepting)
-        self.start = int(start)
+class GrammarConstraint(Constraint):
+    """A constraint compiled by xgrammar: ``kind`` is ``json_schema`` (``source`` a JSON schema
+    string), ``regex``, ``grammar`` (EBNF/GBNF) or ``json`` (any JSON, ``source`` unused)."""
 
-    def matcher(self, backend: Backend, stop_token_ids: Collection[int]) -> Matcher:
-        vocab = backend.vocab_size
-        for state, edges in self.transitions.items():
-            bad = [t for t in edges if not 0 <= t < vocab]
-            if bad:
+    def __init__(self, kind: Kind, source: str, *, any_whitespace: bool = False) -> None:
+        if kind not in ("json_schema", "regex", "grammar", "json"):
+            raise ValueError(
+                f"constraint kind {kind!r} is unknown; use json_schema, regex, grammar or json"
+            )
+        if kind != "json" and not isinstance(source, str):
+            raise TypeError(f"the {kind} constraint needs a string, got {type(source).__name__}")
+        if kind in ("regex", "grammar") and not source:
+            raise ValueError(f"the {kind} constraint is empty; pass a non-empty {kind}")
+        self.kind, self.source, self.any_whitespace = kind, source, any_whitespace
+        self._compiled: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_json_schema(
+        cls, schema: Mapping[str, Any] | str | type, *, any_whitespace: bool = False
+    ) -> GrammarConstraint:
+        """From a dict, a JSON string, or a pydantic model class."""
+        if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+            schema = schema.model_json_schema()
+        if isinstance(schema, Mapping):
+            return cls("json_schema", json.dumps(dict(schema)), any_whitespace=any_whitespace)
+        if isinstance(schema, str):
+            try:
+                json.loads(schema)
+            except json.JSONDecodeError as error:
                 raise ValueError(
-                    f"TokenAutomaton.transitions[{state}] uses token ids {bad} outside the "
-                    f"vocabulary [0, {vocab}); use this backend's token ids"
-                )
-        return _AutomatonMatcher(self, self.start, frozenset(int(t) for t in stop_token_ids))
+                    f"the JSON schema is not valid JSON ({error}); pass a dict"
+                ) from error
+            return cls("json_schema", schema, any_whitespace=any_whitespace)
+        raise TypeError(
+            f"json_schema takes a dict, a JSON string or a pydantic model class, got "
+            f"{type(schema).__name__}"
+        )
 
+    def __repr__(self) -> str:
+        return f"GrammarConstraint({self.kind!r}, {self.source[:60]!r})"
 
-class _AutomatonMatcher:
-    _ENDED = -1  # after an end token: nothing more is allowed
+    def compiled(self, backend: Vocabulary) -> Any:
+        """The compiled grammar for ``backend``'s tokenizer (compiled on first use)."""
+        compiler = engine.compiler(backend)
+        with self._lock:
+            compiled = self._compiled.get(id(compiler))
+            if compiled is None:
+                try:
+                    compiled = engine.compile(compiler, self.kind, self.source, self.any_whitespace)
+                except RuntimeError as error:
+                    raise ValueError(
+                        f"could not compile the {self.kind} constraint: {error}"
+                    ) from error
+                self._compiled[id(compiler)] = compiled
+        return compiled
 
-    def __init__(self, automaton: TokenAutomaton, state: int, stop: frozenset[int]) -> None:
-        self._automaton, self._state, self._stop = automaton, state, stop
-
-    def _allowed(self) -> list[int]:
-        if self._state == self._ENDED:
-            return []
-        out = list(self._automaton.transitions.get(self._state, {}))
-        if self._state in self._automaton.accepting:
-            out.extend(t for t in self._stop if t not in out)
-        return out
-
-    def fill_bitmask(self, bitmask: np.ndarray, row: int) -> None:
-        words = bitmask[row].view(np.uint32)
-        words[:] = 0
-        ids = np.array(self._allowed(), dtype=np.int64)
-        np.bitwise_or.at(words, ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
-
-    def accept(self, token: int) -> bool:
-        if self._state == self._ENDED:
-            return False
-        edges = self._automaton.transitions.get(self._state, {})
-        if token in edges:
-            self._state = edges[token]
-            return True
-        if token in self._stop and self._state in self._automaton.accepting:
-            self._state = self._ENDED
-            return True
-        return False
-
-    def fork(self) -> Matcher:
-        return _AutomatonMatcher(self._automaton, self._state, self._stop)
-
-
-class ConstraintCursor:
-    """One sequence's matchers: at the start of its output and after its committed tokens.
-
-    Samplers ask for matchers after arbitrary generated prefixes (candidates extend the
-    committed tokens; MCMC cuts inside them): one that extends the committed tokens forks the
-    committed matcher and replays only the extra tokens, any other replays from the start.
-    """
-
-    def __init__(self, root: Matcher) -> None:
-        self._root = root
-        self._committed = root.fork()
-        self._tokens: list[int] = []
-
-    def at(self, generated: Sequence[int]) -> Matcher:
-        """A fresh matcher after ``generated`` (the output tokens so far)."""
-        n = len(self._tokens)
-        if len(generated) >= n and list(generated[:n]) == self._tokens:
-            matcher, rest = self._committed.fork(), generated[n:]
-        else:
-            matcher, rest = self._root.fork(), generated
-        for token in rest:
-            if not matcher.accept(int(token)):
-                raise ValueError(f"token {token} of {list(generated)} violates the constraint")
-        return matcher
-
-    def commit(self, tokens: Sequence[int]) -> None:
-        """Advance the committed matcher by decided tokens."""
-        for token in tokens:
-            if not self._committed.accept(int(token)):
-                raise ValueError(f"committed token {token} violates the constraint")
-        self._tokens.extend(int(t) for t in tokens)
+    def matcher(self, backend: Vocabulary, stop_token_ids: Collection[int]) -> Matcher:
+        return engine.matcher(self.compiled(backend), stop_token_ids)

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..chat.tools import CLOSE, OPEN
-from .base import Constraint
-from .grammar import GrammarConstraint, _xgrammar
+from .base import Constraint, GrammarConstraint
+from .grammar import xgrammar
 
 FREE_TEXT = 'root ::= ([^<] | "<" [^t/<])*'
 """Visible text of an ``auto`` reply: no ``<t`` (``<tool_call>``, ``<tools>``) and no ``</``."""
@@ -93,7 +93,7 @@ def _cached(key: str) -> Constraint:
 
 
 def _tool_grammar(specs: dict[str, dict[str, Any]], *, auto: bool) -> str:
-    grammar = _xgrammar().Grammar
+    grammar = xgrammar().Grammar
     calls = [
         grammar.from_json_schema(_call_schema(n, s), any_whitespace=False) for n, s in specs.items()
     ]

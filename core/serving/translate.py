@@ -28,8 +28,8 @@ import numpy as np
 
 from ..chat import tools as tc
 from ..config import PowerSamplingConfig
+from ..constraints import GrammarConstraint
 from ..constraints.chat import response_format_constraint, tool_call_constraint
-from ..constraints.grammar import GrammarConstraint
 from ..generation import Generation
 from ..request import Prompt, Request, resolve_settings
 from ..samplers.power_sampler import PowerSampler
