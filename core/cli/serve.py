@@ -3,12 +3,20 @@ default), in this process or spread over Ray replicas (``--replicas N``).
 
 Sampling flags (``--preset``, ``--alpha``, ...) set the server's defaults; each request may
 change any of them in ``power_sampling`` (the ``openai`` client's ``extra_body``).
+
+Access (``--api-key``, or the ``POWER_SAMPLING_API_KEY`` variable; ``--allowed-hosts``,
+``--cors-origins``) and per-request limits (``--max-tokens-limit``, ``--max-choices``,
+``--max-request-forward-tokens``, ``--request-timeout``, ``--max-body-bytes``) are the server's
+own: see :mod:`power_sampling.serving.access` and :mod:`power_sampling.serving.limits`. Listening
+on an address other than loopback needs a key, or ``--allow-unauthenticated`` to say that the
+network in front of the server does the checking.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import textwrap
 from typing import Any
@@ -38,6 +46,7 @@ def add_parser(subparsers: Any) -> None:
             """\
             examples:
               power-sampling serve --preset cpu
+              POWER_SAMPLING_API_KEY=$(openssl rand -hex 16) power-sampling serve --host 0.0.0.0
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --device cuda --port 8000
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --backend vllm
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --replicas 8 \\
@@ -87,6 +96,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help="on Ctrl-C, how long running requests may finish before they are cancelled [10]",
     )
+    _add_access_arguments(parser)
     ray = parser.add_argument_group("scale-out (Ray)")
     ray.add_argument(
         "--replicas",
@@ -105,10 +115,120 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=_cmd_serve)
 
 
+def _add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..serving.access import API_KEY_ENV_VAR, AccessPolicy
+    from ..serving.limits import RequestLimits
+
+    access, limits = AccessPolicy(), RequestLimits()
+    group = parser.add_argument_group("access and limits")
+    group.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=f"accept requests with 'Authorization: Bearer KEY' only (repeat, or separate by "
+        f"commas, for several keys; also read from ${API_KEY_ENV_VAR}); /health stays open",
+    )
+    group.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without an API key (only behind a gateway that checks)",
+    )
+    group.add_argument(
+        "--allowed-hosts",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="answer only requests whose Host header is one of these (guards against DNS "
+        "rebinding; comma-separated or repeated) [any]",
+    )
+    group.add_argument(
+        "--cors-origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from these origins call the server from a browser [none]",
+    )
+    group.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=access.max_body_bytes,
+        help=f"largest request body [{access.max_body_bytes}]",
+    )
+    group.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=limits.max_tokens,
+        help=f"largest max_tokens a request may ask for [{limits.max_tokens}]",
+    )
+    group.add_argument(
+        "--max-choices",
+        type=int,
+        default=limits.max_choices,
+        help=f"largest n times prompts of one request [{limits.max_choices}]",
+    )
+    group.add_argument(
+        "--max-request-forward-tokens",
+        type=float,
+        default=limits.max_forward_tokens,
+        metavar="N",
+        help="largest work of one request, in forward tokens bounded from its settings "
+        f"[{limits.max_forward_tokens:.0e}]",
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop a request that runs longer, with an error [none]",
+    )
+
+
+def _access(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The server's access policy and request limits from the flags (and the environment)."""
+    from ..serving.access import API_KEY_ENV_VAR, AccessPolicy, is_loopback
+    from ..serving.limits import RequestLimits
+
+    keys = AccessPolicy.keys_from([*args.api_key, os.environ.get(API_KEY_ENV_VAR, "")])
+    if not keys and not is_loopback(args.host) and not args.allow_unauthenticated:
+        raise UsageError(
+            f"--host {args.host} is reachable from other machines, and no API key is set: pass "
+            f"--api-key KEY (or set {API_KEY_ENV_VAR}), or --allow-unauthenticated if a gateway "
+            "in front of the server checks who calls it"
+        )
+    if args.request_timeout is not None and args.request_timeout <= 0:
+        raise UsageError(f"--request-timeout {args.request_timeout:g}: use a positive number")
+    if args.max_choices > args.max_queue:
+        raise UsageError(
+            f"--max-choices {args.max_choices} is over --max-queue {args.max_queue}: such a "
+            "request could never be queued; raise --max-queue or lower --max-choices"
+        )
+    try:
+        access = AccessPolicy(
+            api_keys=keys,
+            allowed_hosts=tuple(h.lower() for h in AccessPolicy.keys_from(args.allowed_hosts)),
+            cors_origins=AccessPolicy.keys_from(args.cors_origins),
+            max_body_bytes=args.max_body_bytes,
+        )
+        limits = RequestLimits(
+            max_tokens=args.max_tokens_limit,
+            max_choices=args.max_choices,
+            max_forward_tokens=int(args.max_request_forward_tokens),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return access, limits
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..backends.models import DEFAULT_MODEL
 
     config = config_from_args(args)  # fail fast, before the model loads
+    access, limits = _access(args)
+    try:
+        limits.check(config, 1)
+    except ValueError as exc:
+        raise UsageError(f"the server's own settings: {exc}") from None
     if args.backend == "vllm" and args.device is not None:
         raise UsageError(
             f"--device {args.device} does not apply to --backend vllm: vLLM picks its platform; "
@@ -141,7 +261,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     else:
         engine = LocalEngine(_loader(args)(), **options)
     name = args.served_model_name or args.model or DEFAULT_MODEL
-    app = create_app(engine, model=name, defaults=config)
+    app = create_app(
+        engine,
+        model=name,
+        defaults=config,
+        access=access,
+        limits=limits,
+        request_timeout=args.request_timeout,
+    )
     if not args.quiet:
         where = f"http://{args.host}:{args.port}/v1"
         print(f"Serving {name} at {where} (Ctrl-C stops)", file=sys.stderr, flush=True)

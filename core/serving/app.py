@@ -2,10 +2,13 @@
 
 Requests become :class:`~.translate.Call` objects (settings checked here, so bad ones are a 400
 before any work), run on an :class:`~.engine.Engine`, and come back whole or as server-sent
-events. Status codes: 400 bad request or settings (the config's own message), 404 another
-model, 503 a full queue or a server that is shutting down (``Retry-After`` set). A client that
-disconnects, streaming or not, cancels its choices; shutting down cancels what is still running
-once uvicorn's graceful period is over.
+events. Status codes: 400 bad request or settings (the config's own message) or a request over
+the server's :class:`~.limits.RequestLimits`, 401/413/415 from the :class:`~.access.AccessGuard`,
+404 another model or path, 405 a wrong method, 503 a full queue or a server that is shutting down
+(``Retry-After`` set), 504 a request past the server's deadline. Every error body has OpenAI's
+shape. A client that disconnects, streaming or not, cancels its choices; shutting down cancels
+what is still running once uvicorn's graceful period is over. A stream that fails after it
+started ends with an ``error`` event and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from ..config import PowerSamplingConfig
 from ..engine.scheduler import QueueFull
 from ..errors import error_message
+from .access import AccessGuard, AccessPolicy, PayloadTooLarge
 from .engine import Engine, Event, ShuttingDown, Started
+from .limits import RequestLimits
 from .responses import DONE, Reply, error_body, event
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .translate import Call, Choice, Delta, chat_call, completion_call
@@ -41,9 +49,26 @@ class _ModelNotFound(LookupError):
     pass
 
 
-def create_app(engine: Engine, *, model: str, defaults: PowerSamplingConfig) -> FastAPI:
+class _DeadlinePassed(TimeoutError):
+    pass
+
+
+def create_app(
+    engine: Engine,
+    *,
+    model: str,
+    defaults: PowerSamplingConfig,
+    access: AccessPolicy | None = None,
+    limits: RequestLimits | None = None,
+    request_timeout: float | None = None,
+) -> FastAPI:
     """An OpenAI-compatible app serving ``engine`` under the name ``model``; requests' settings
-    apply on top of ``defaults``. Shutting the app down closes the engine."""
+    apply on top of ``defaults``, each request is held to ``limits`` and ends after
+    ``request_timeout`` seconds, and ``access`` decides who gets in. Shutting the app down closes
+    the engine."""
+    access = access or AccessPolicy()
+    limits = limits or RequestLimits()
+    limits.check(defaults, 1)  # the server's own defaults must be within its limits
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +77,24 @@ def create_app(engine: Engine, *, model: str, defaults: PowerSamplingConfig) -> 
 
     app = FastAPI(title="power-sampling", lifespan=lifespan)
     app.state.engine = engine
+    app.add_middleware(AccessGuard, policy=access)
+    if access.cors_origins:  # outermost, so that preflight requests get CORS headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(access.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: HTTPRequest, exc: HTTPException) -> JSONResponse:
+        body = error_body(str(exc.detail), "invalid_request_error", None, exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: HTTPRequest, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
+
     created = int(time.time())
 
     @app.get("/v1/models")
@@ -71,6 +114,7 @@ def create_app(engine: Engine, *, model: str, defaults: PowerSamplingConfig) -> 
                     f"the model {body.model!r} does not exist: this server serves {model!r}"
                 )
             call = to_call(body, defaults)
+            limits.check(call.config, len(call.prompts) * call.n)
             events = engine.stream(call)
             first = await anext(events)  # Started, or the call's error (bad prompt, full queue)
         except Exception as exc:
@@ -78,10 +122,10 @@ def create_app(engine: Engine, *, model: str, defaults: PowerSamplingConfig) -> 
         assert isinstance(first, Started)
         reply = Reply(model, chat=schema is ChatCompletionRequest, n=call.n)
         if body.stream:
-            sse = _sse(reply, events, len(first.prompt_tokens), body.include_usage)
+            sse = _sse(reply, events, len(first.prompt_tokens), body.include_usage, request_timeout)
             return StreamingResponse(sse, media_type="text/event-stream")
         try:
-            choices = await _until_disconnect(http, _collect(events))
+            choices = await _until_disconnect(http, _deadline(_collect(events), request_timeout))
         except Exception as exc:
             return _error(exc)
         if choices is None:
@@ -105,6 +149,20 @@ async def _collect(events: AsyncIterator[Event]) -> list[Choice]:
     return sorted(choices, key=lambda c: c.index)
 
 
+async def _deadline(work: Any, seconds: float | None) -> Any:
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        raise _DeadlinePassed(_late(seconds)) from None
+
+
+def _late(seconds: float | None) -> str:
+    return (
+        f"the request ran past this server's deadline of {seconds:g} s and was stopped "
+        "(power-sampling serve --request-timeout); ask for fewer tokens or a smaller budget"
+    )
+
+
 async def _until_disconnect(http: HTTPRequest, work: Any) -> list[Choice] | None:
     """``work``'s result, or None (and ``work`` cancelled) once the client has gone."""
     task = asyncio.ensure_future(work)
@@ -121,29 +179,38 @@ async def _until_disconnect(http: HTTPRequest, work: Any) -> list[Choice] | None
 
 
 async def _sse(
-    reply: Reply, events: AsyncIterator[Event], choices: int, include_usage: bool
+    reply: Reply,
+    events: AsyncIterator[Event],
+    choices: int,
+    include_usage: bool,
+    deadline: float | None,
 ) -> AsyncIterator[str]:
-    """The stream's events; an error after the start is sent as an ``error`` event. Leaving
-    early (the client disconnected) closes ``events``, which cancels the call."""
+    """The stream's events; an error after the start (the deadline included) is sent as an
+    ``error`` event, then ``[DONE]``. Leaving early (the client disconnected) closes
+    ``events``, which cancels the call."""
     finished: list[Choice] = []
     try:
         if reply.chat:
             for index in range(choices):
                 yield reply.opening(index)
-        async for item in events:
-            if isinstance(item, Delta):
-                yield reply.delta(item.index, item.text)
-            elif isinstance(item, Choice):
-                finished.append(item)
-                for chunk in reply.ending(item):
-                    yield chunk
+        async with asyncio.timeout(deadline):
+            async for item in events:
+                if isinstance(item, Delta):
+                    yield reply.delta(item.index, item.text)
+                elif isinstance(item, Choice):
+                    finished.append(item)
+                    for chunk in reply.ending(item):
+                        yield chunk
         if include_usage:
             yield reply.usage_chunk(finished)
         yield DONE
     except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            exc = _DeadlinePassed(_late(deadline))
         status, body = _error_parts(exc)
         logger.warning("stream failed with %d: %s", status, body["error"]["message"])
         yield event(body)
+        yield DONE
     finally:
         await events.aclose()  # type: ignore[attr-defined]
 
@@ -162,6 +229,13 @@ def _error_parts(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return 404, error_body(message, "invalid_request_error", "model", "model_not_found")
     if isinstance(exc, QueueFull | ShuttingDown):
         return 503, error_body(message, "server_overloaded")
+    if isinstance(exc, PayloadTooLarge):
+        return 413, error_body(message, "invalid_request_error", None, "payload_too_large")
+    if isinstance(exc, _DeadlinePassed):
+        return 504, error_body(message, "timeout")
+    if isinstance(exc, RecursionError):
+        message = "the request is nested too deeply to parse; flatten its JSON"
+        return 400, error_body(message, "invalid_request_error")
     if isinstance(exc, ValueError | TypeError):  # pydantic's ValidationError included
         return 400, error_body(message, "invalid_request_error", _param(exc))
     logger.error("request failed", exc_info=exc)

@@ -106,13 +106,15 @@ def serving(
     model: str = "scripted",
     defaults: PowerSamplingConfig | None = None,
     shutdown_timeout: float = 5.0,
+    app_options: dict[str, Any] | None = None,
     **engine_options: Any,
 ) -> Iterator[tuple[BackgroundServer, LocalEngine, CountingSampler]]:
-    """A real server on 127.0.0.1 (a free port) over ``backend``, stopped on exit."""
+    """A real server on 127.0.0.1 (a free port) over ``backend``, stopped on exit;
+    ``app_options`` go to ``create_app`` (access, limits, request_timeout)."""
     sampler = CountingSampler(backend)
     engine = LocalEngine(sampler, **engine_options)
     config = defaults or PowerSamplingConfig(**SMALL, max_new_tokens=48)
-    app = create_app(engine, model=model, defaults=config)
+    app = create_app(engine, model=model, defaults=config, **(app_options or {}))
     with BackgroundServer(app, shutdown_timeout=shutdown_timeout) as server:
         yield server, engine, sampler
 

@@ -168,7 +168,12 @@ def test_openai_client_raises_on_bad_settings(server: Any) -> None:
         client(server[0]).chat.completions.create(
             model="scripted", messages=USER, extra_body={"power_sampling": {"alpha": 0}}
         )
-    bad_json = httpx.post(server[0].url + "/v1/completions", content=b"{not json", timeout=30)
+    bad_json = httpx.post(
+        server[0].url + "/v1/completions",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert bad_json.status_code == 400 and bad_json.json()["error"]["message"]
 
 
