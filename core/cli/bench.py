@@ -7,15 +7,10 @@ from typing import Any
 
 from ..backends.base import TextBackend
 from ..backends.random_models import is_random
-from ..measure.bench import (
-    BENCH_PROMPTS,
-    constraint_markdown,
-    constraint_overhead,
-    markdown,
-    run_bench,
-    token_prompts,
-)
+from ..measure.bench import markdown, run_bench
+from ..measure.constraint_cost import constraint_markdown, constraint_overhead
 from ..measure.memory import memory_by_prompt_length, memory_markdown
+from ..measure.workload import BENCH_PROMPTS, token_prompts
 from ..samplers.power_sampler import PowerSampler, Prompt
 from .common import (
     ModelLoadError,

@@ -1,11 +1,11 @@
 """Peak memory against prompt length, for ``power-sampling bench --prompt-lengths``.
 
 Each method generates once from a prompt of each length (fixed token ids without end tokens,
-:func:`~power_sampling.measure.bench.token_prompts`), and the memory its generation needed on top of
-what was held before is recorded: on CUDA the peak of ``torch.cuda.max_memory_allocated`` over the
-allocation at the start; on a CPU the peak resident set size (Linux's ``VmHWM``, reset through
-``/proc/self/clear_refs`` before each run) over the resident size at the start. Kept KV caches of
-earlier runs are dropped first, so each run starts from the same state.
+:func:`~power_sampling.measure.workload.token_prompts`), and the memory its generation needed on
+top of what was held before is recorded: on CUDA the peak of ``torch.cuda.max_memory_allocated``
+over the allocation at the start; on a CPU the peak resident set size (Linux's ``VmHWM``, reset
+through ``/proc/self/clear_refs`` before each run) over the resident size at the start. Kept KV
+caches of earlier runs are dropped first, so each run starts from the same state.
 
 The slope of peak memory against prompt length is the memory one more prompt token costs each
 method; with the KV bytes per token of the model it says how many copies of the prompt's cache
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..samplers.power_sampler import PowerSampler
+from .workload import full_length, token_prompts
 
 MEMORY_METHODS: tuple[str, ...] = ("standard", "power", "mcmc")
 """The methods a prompt-length sweep runs (the paper's power algorithm, as in the bench)."""
@@ -123,12 +124,9 @@ def memory_by_prompt_length(
     """Each method's peak memory growth (and wall time) generating from one prompt of each of
     ``lengths`` tokens, shortest first; plus the KV bytes per token and each method's slope in
     bytes per prompt token. ``ignore_eos`` runs every generation to full length."""
-    from ..backends.ignore_eos import IgnoreEOS
-    from .bench import token_prompts
-
     backend = sampler.backend
     if ignore_eos:
-        sampler = PowerSampler(IgnoreEOS(backend), sampler.config)
+        sampler = full_length(sampler)
     paper = dict(adaptive_tolerance=0.0, reuse_rollouts=False)
     # One short generation first, so one-time allocations do not count against the first length.
     sampler.generate(token_prompts(backend, 1, 8)[0], seed=seed, method="standard")

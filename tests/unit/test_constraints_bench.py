@@ -8,7 +8,7 @@ from test_constraints_exact import PROMPT, squeezed_branch
 from power_sampling import PowerSampler, PowerSamplingConfig
 from power_sampling.cli.bench import parse_constraint
 from power_sampling.cli.common import UsageError
-from power_sampling.measure.bench import constraint_markdown, constraint_overhead
+from power_sampling.measure.constraint_cost import constraint_markdown, constraint_overhead
 
 
 def test_constraint_overhead_times_both_ways_on_the_same_prompts() -> None:
