@@ -5,9 +5,9 @@ inspected) and whether it is correct.
 
 * Math (MATH-500, GSM8K): the last ``\\boxed{...}`` is the answer; GSM8K falls back to ``#### N``,
   "the answer is N" and finally the last number, since its references are plain numbers. Answers
-  are compared with ``math-verify``, gold first, in worker processes with a time bound per
-  answer (:mod:`power_sampling.evals.math_worker`; its signal-based timeouts only work in the
-  main thread).
+  are compared with ``math-verify`` (:mod:`.math_compare`), gold first, in worker processes
+  with a time bound per answer (:mod:`.math_worker`; math-verify's signal-based timeouts only
+  work in the main thread).
 * Multiple choice (GPQA): the letter in the last ``\\boxed{}``, else the last "answer is (X)".
 * Code (HumanEval, MBPP): the code is pulled out of a fenced block (chat models) or cut at the
   usual stop sequences (base models continuing the prompt), assembled with the benchmark's tests,
@@ -16,17 +16,12 @@ inspected) and whether it is correct.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .execution import run_python
 from .math_worker import GRADE_TIMEOUT_S, GradeTimeout, math_equal_bounded
-
-# Longer answers are not handed to sympy: with timeouts off, a pathological expression could hang.
-MAX_ANSWER_CHARS = 1000
 
 # Where a base model continuing a HumanEval prompt has finished the function body.
 HUMANEVAL_STOPS = ("\nclass ", "\ndef ", "\n#", "\nif ", "\nprint(", "\nassert ", "\n```")
@@ -68,22 +63,6 @@ def last_boxed(text: str) -> str | None:
                         return content
                     break
     return None
-
-
-def math_equal(gold: str, prediction: str) -> bool:
-    """Whether ``prediction`` is mathematically equal to ``gold`` (both LaTeX or plain text)."""
-    if len(prediction) > MAX_ANSWER_CHARS:
-        return False
-    gold_parsed = _parse_math(gold)
-    pred_parsed = _parse_math(prediction)
-    if not gold_parsed:  # math-verify cannot read the reference: fall back to text equality
-        return _squash(gold) == _squash(prediction)
-    if not pred_parsed:
-        return False
-    from math_verify import verify
-
-    # math-verify reports its own comparison errors as False (raise_on_error defaults to False).
-    return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None))
 
 
 def grade_math(completion: str, gold: str, *, timeout_s: float = GRADE_TIMEOUT_S) -> GradeResult:
@@ -144,23 +123,6 @@ def _boxed_number(content: str) -> str:
 
 def _normalize_number_text(text: str) -> str:
     return text.replace("\u2212", "-").replace("{,}", ",")
-
-
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
-@functools.lru_cache(maxsize=8192)
-def _parse_math(text: str) -> tuple[Any, ...]:
-    """math-verify's parse of ``\\boxed{text}``, cached: references are graded many times."""
-    try:
-        from math_verify import parse
-    except ImportError as err:
-        raise ImportError(
-            'math grading needs math-verify: pip install "power-sampling[eval]"'
-        ) from err
-    # Unparseable text gives an empty result, not an exception (raise_on_error defaults to False).
-    return tuple(parse("\\boxed{" + text + "}", parsing_timeout=None))
 
 
 # ----------------------------------------------------------------------------- multiple choice

@@ -2,8 +2,8 @@
 
 math-verify's own timeouts use signals, which only work in the main thread, and a pathological
 answer (``10^{10^{10}}``) keeps sympy busy for ever. So comparisons run in long-lived worker
-interpreters (one per grading thread at most, started on demand, ~1 s each for sympy's import)
-that talk JSON lines over pipes; a comparison that outlives its bound kills its worker, and the
+interpreters (one per grading thread at most, started on demand, each importing sympy once) that
+talk JSON lines over pipes; a comparison that outlives its bound kills its worker, and the
 answer is graded wrong with a reason. Plain decimal numbers (most of GSM8K) are compared here
 without a worker.
 """
@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 from decimal import Decimal, InvalidOperation
+
+from .math_compare import math_equal
 
 GRADE_TIMEOUT_S = 10.0
 """Default bound on comparing one answer with its reference."""
@@ -118,8 +120,6 @@ def _plain_equal(gold: str, prediction: str) -> bool | None:
 
 def serve() -> None:
     """The worker's loop: ``[gold, prediction]`` lines in, ``{"equal": bool}`` lines out."""
-    from .graders import math_equal
-
     with contextlib.suppress(ImportError):
         import math_verify  # noqa: F401  (imported before "ready": not counted per answer)
     print("ready", flush=True)

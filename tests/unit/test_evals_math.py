@@ -7,15 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from power_sampling.evals import graders
+from power_sampling.evals import math_compare
 from power_sampling.evals.graders import (
     extract_gsm8k_answer,
     grade_gsm8k,
     grade_math,
     last_boxed,
-    math_equal,
 )
 from power_sampling.evals.loading import DATA_DIR
+from power_sampling.evals.math_compare import math_equal
 
 
 def _math500_answers() -> list[str]:
@@ -118,7 +118,7 @@ def test_grading_works_off_the_main_thread() -> None:
 
     The equivalent pairs differ as text, so only a real math-verify comparison accepts them.
     """
-    graders._parse_math.cache_clear()  # parse afresh inside the worker threads
+    math_compare._parse_math.cache_clear()  # parse afresh inside the worker threads
     pairs = EQUIVALENT + DIFFERENT
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda pair: grade_math(f"\\boxed{{{pair[1]}}}", pair[0]), pairs))
