@@ -115,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any, Path]:
     """Validate flags, settings, task data and output files before the model loads."""
-    from ..evals.runner import prepare_output
+    from ..evals.records import prepare_output
     from ..evals.tasks import get_task
 
     config = base.config_from_args(args)

@@ -25,7 +25,8 @@ from power_sampling import PowerSampler, PowerSamplingConfig
 from power_sampling.backends.scripted import ScriptedLM
 from power_sampling.evals import get_task
 from power_sampling.evals.compare import compare, markdown_table
-from power_sampling.evals.runner import SettingsMismatchError, evaluate, read_records
+from power_sampling.evals.records import read_records
+from power_sampling.evals.runner import SettingsMismatchError, evaluate
 from power_sampling.testing import tiny_tokenizer
 
 pytest.importorskip("transformers")

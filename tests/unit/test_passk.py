@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from power_sampling.evals.runner import pass_at_k, summarize, wilson_interval
+from power_sampling.evals.stats import pass_at_k, summarize, wilson_interval
 
 
 def test_pass_at_k_hand_computed() -> None:
