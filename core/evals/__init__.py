@@ -5,7 +5,8 @@ Importing this package is cheap: math-verify is imported only when a math answer
 
 from .execution import ExecutionResult, run_python
 from .graders import GradeResult
-from .tasks import TASKS, Problem, Task, get_task
+from .problems import Problem, Task
+from .tasks import TASKS, get_task
 
 __all__ = [
     "TASKS",

@@ -26,9 +26,10 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..config import METHODS, PowerSamplingConfig
 from ..samplers.power_sampler import PowerSampler
+from .problems import Task
 from .runner import as_sampler, evaluate
 from .stats import _Z, CI_METHOD, EvalSummary
-from .tasks import Task, get_task
+from .tasks import get_task
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .graders import GradeResult
-from .tasks import Problem
+from .problems import Problem
 
 logger = logging.getLogger(__name__)
 

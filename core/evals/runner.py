@@ -45,6 +45,7 @@ from ..backends.base import Backend
 from ..config import PowerSamplingConfig
 from ..samplers.power_sampler import PowerSampler
 from .graders import GradeResult
+from .problems import Problem, Task, choice_seed
 from .records import (
     RECORD_FORMAT,
     SettingsMismatchError,
@@ -56,7 +57,7 @@ from .records import (
     settings_id,
 )
 from .stats import EvalSummary, summarize
-from .tasks import Problem, Task, choice_seed, get_task
+from .tasks import get_task
 
 __all__ = ["EvalResult", "EvalSummary", "SettingsMismatchError", "evaluate"]
 
