@@ -13,13 +13,13 @@ from ..measure.memory import memory_by_prompt_length, memory_markdown
 from ..measure.workload import BENCH_PROMPTS, token_prompts
 from ..samplers.power_sampler import PowerSampler, Prompt
 from .common import (
-    ModelLoadError,
     UsageError,
     add_common_arguments,
     add_config_arguments,
     add_model_arguments,
     config_from_args,
     load_backend,
+    load_vllm_backend,
 )
 
 
@@ -127,9 +127,7 @@ def _cmd_bench(args: Any) -> int:
             ignore_eos=args.ignore_eos or is_random(args.model),
         )
         print(constraint_markdown(report))
-        if args.json_out:
-            with open(args.json_out, "w") as f:
-                json.dump(report, f, indent=2)
+        _write_json(args.json_out, report)
         return 0
     report = run_bench(
         sampler,
@@ -146,10 +144,15 @@ def _cmd_bench(args: Any) -> int:
         )
         print()
         print(memory_markdown(report["memory_by_prompt_length"]))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=2)
+    _write_json(args.json_out, report)
     return 0
+
+
+def _write_json(path: str | None, report: dict[str, Any]) -> None:
+    """The report as JSON at ``--json-out`` (nothing without it)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
 
 
 def parse_lengths(spec: str) -> list[int]:
@@ -191,31 +194,3 @@ def parse_constraint(spec: str) -> Any:
         f"--constraint {spec!r} is invalid: use json-schema:FILE_OR_JSON, regex:PATTERN, "
         "grammar:FILE or json:"
     )
-
-
-def load_vllm_backend(args: Any) -> Any:
-    """A ``VLLMBackend`` over ``--model`` (default: the embedded model's folder) with ``--dtype``.
-
-    vLLM picks its own platform, so ``--device`` does not apply (CUDA_VISIBLE_DEVICES does).
-    Without a visible GPU the engine runs eagerly: compiling takes minutes on a CPU.
-    """
-    if args.device is not None:
-        raise UsageError(
-            f"--device {args.device} does not apply to --backend vllm: vLLM picks its platform; "
-            "choose GPUs with CUDA_VISIBLE_DEVICES"
-        )
-    try:
-        import torch
-
-        from ..backends.models import default_model_dir
-        from ..backends.vllm.backend import VLLMBackend
-
-        path = args.model or str(default_model_dir())
-        kwargs: dict[str, Any] = {"dtype": args.dtype or ("auto" if args.model else "float32")}
-        if not torch.cuda.is_available():
-            kwargs["enforce_eager"] = True
-        return VLLMBackend.from_pretrained(path, **kwargs)
-    except (ImportError, OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot start vLLM on {args.model or 'the default model'}: {exc}"
-        ) from exc

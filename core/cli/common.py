@@ -178,6 +178,34 @@ def load_backend(args: argparse.Namespace) -> Backend:
         ) from exc
 
 
+def load_vllm_backend(args: Any) -> Any:
+    """A ``VLLMBackend`` over ``--model`` (default: the embedded model's folder) with ``--dtype``.
+
+    vLLM picks its own platform, so ``--device`` does not apply (CUDA_VISIBLE_DEVICES does).
+    Without a visible GPU the engine runs eagerly: compiling takes minutes on a CPU.
+    """
+    if args.device is not None:
+        raise UsageError(
+            f"--device {args.device} does not apply to --backend vllm: vLLM picks its platform; "
+            "choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    try:
+        import torch
+
+        from ..backends.models import default_model_dir
+        from ..backends.vllm.backend import VLLMBackend
+
+        path = args.model or str(default_model_dir())
+        kwargs: dict[str, Any] = {"dtype": args.dtype or ("auto" if args.model else "float32")}
+        if not torch.cuda.is_available():
+            kwargs["enforce_eager"] = True
+        return VLLMBackend.from_pretrained(path, **kwargs)
+    except (ImportError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot start vLLM on {args.model or 'the default model'}: {exc}"
+        ) from exc
+
+
 def check_model_arguments(args: argparse.Namespace) -> None:
     """``--device``, ``--dtype`` and a local ``--model`` path checked before anything loads:
     a bad value is a :class:`UsageError` (exit 2) with one line naming the fix."""

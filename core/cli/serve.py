@@ -30,6 +30,7 @@ from .common import (
     check_model_arguments,
     config_from_args,
     load_backend,
+    load_vllm_backend,
 )
 
 
@@ -288,8 +289,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _loader(args: argparse.Namespace) -> Any:
     """A picklable function that loads the model (in this process, or in each Ray replica)."""
     if args.backend == "vllm":
-        from .bench import load_vllm_backend
-
         options = argparse.Namespace(model=args.model, device=None, dtype=args.dtype)
         return functools.partial(load_vllm_backend, options)
     if args.replicas:
