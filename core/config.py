@@ -186,10 +186,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         best_of=32,
         seed=0,
     ),
-    # Small budgets that finish in seconds to a minute per prompt on 2 CPU cores with a 135M model.
+    # Small budgets for a small model on a CPU.
     # K, L, M from the fidelity study (README, "Fidelity at small budgets"): L = 16 candidates,
-    # the top 8 with 2 rollouts each keep TV to pi within 0.06 on its tables, where K = M = 4
-    # of L = 8 reached 0.135.
+    # the top 8 with 2 rollouts each.
     "cpu": dict(
         alpha=4.0,
         block_size=16,

@@ -46,9 +46,8 @@ def configure_runtime() -> None:
     """Process settings read when torch loads (lazily, after this), each only if unset.
 
     ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep instead of spinning between operations.
-    A 135M model makes many tiny operations; on a CPU shared with other work, spinning threads
-    fight for the cores. Measured on 2 busy cores (load ~4): the demo's standard answer took
-    31 s with the default policy and 9 s with PASSIVE, the power answer 250 s and 50 s.
+    A small model makes many tiny operations; on a CPU shared with other work, spinning threads
+    fight for the cores (the README's "Performance" section has the measurement).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

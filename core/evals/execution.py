@@ -1,9 +1,9 @@
 """Run model-written Python in a sandboxed child process, never in the evaluating process.
 
 Why a fresh interpreter per program instead of ``multiprocessing``: forking an evaluator that has
-loaded torch or runs grader threads can deadlock, while a spawned interpreter starts clean in
-~50 ms. The program runs under a supervisor (:mod:`.sandbox_supervisor`) with these layers, each
-used where this machine allows it (:func:`sandbox_layers` says which hold):
+loaded torch or runs grader threads can deadlock, while a spawned interpreter starts clean. The
+program runs under a supervisor (:mod:`.sandbox_supervisor`) with these layers, each used where
+this machine allows it (:func:`sandbox_layers` says which hold):
 
 1. a PID namespace (``unshare --pid``; with ``--user`` when not root): when the supervisor, the
    namespace's init, exits or is killed, the kernel kills every process the program started,

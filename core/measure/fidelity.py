@@ -5,8 +5,8 @@ on small random table models of several shapes (flat and peaked next-token distr
 late endings), compares the distribution of its completions with the exact π ∝ p^α
 (:mod:`power_sampling.exact`), and records the mean forward tokens per generation. Block level
 (Algorithm 2) over K, L, M and B; token level (Algorithm 1) over K and M; both over α. Seeds are
-fixed, so a run repeats exactly. The full grid takes about ten minutes on one CPU core; ``--rules``
-compares the candidate selection rules of :mod:`power_sampling.measure.selection_rules`.
+fixed, so a run repeats exactly. ``--rules`` compares the candidate selection rules of
+:mod:`power_sampling.measure.selection_rules`.
 
 The sampled distribution is estimated with a Rao-Blackwellised count: every step adds the
 probability it gave each candidate that finishes the completion there (ended, or filled the
