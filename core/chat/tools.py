@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..backends.base import TextBackend
+from ..constraints.chat import CLOSE, OPEN
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
 TOOLS_PROMPT = (
     "# Tools\n\nYou may call the functions described by the JSON schemas inside <tools></tools>:"
     "\n<tools>\n{tools}\n</tools>\n\nTo call a function, reply with one JSON object per call "

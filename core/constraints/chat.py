@@ -27,9 +27,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..chat.tools import CLOSE, OPEN
 from .base import Constraint, GrammarConstraint
 from .grammar import xgrammar
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+"""The tags around one tool call in the reply (the Qwen / Hermes format)."""
 
 FREE_TEXT = 'root ::= ([^<] | "<" [^t/<])*'
 """Visible text of an ``auto`` reply: no ``<t`` (``<tool_call>``, ``<tools>``) and no ``</``."""
