@@ -9,7 +9,7 @@ the :class:`~power_sampling.Generation` reports.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,16 +108,36 @@ def check_prompt(prompt: object) -> None:
 
 
 def _check_text_only(message: Mapping[str, Any]) -> None:
-    """Content parts other than text (images, audio, files) are refused, never dropped."""
     content = message.get("content")
     if isinstance(content, list):
-        for part in content:
-            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            if kind != "text":
-                raise ValueError(
-                    f"a {message.get('role', 'chat')} message has a {kind!r} content part: the "
-                    "model reads text only; send the text parts alone"
-                )
+        content_text(content, f"a {message.get('role', 'chat')} message")
+
+
+def content_text(content: Any, where: str, *, skip: Collection[str] = ()) -> str:
+    """The text of a message's content: a string, None, or a list of parts (mappings such as
+    OpenAI's ``{"type": "text", "text": ...}``, or objects with ``type`` and ``text``).
+
+    Parts other than text (images, audio, files) are refused with a ``ValueError`` naming
+    ``where``, never dropped; parts of a kind in ``skip`` are left out.
+    """
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, Sequence):
+        raise ValueError(f"{where} must be a string or a list of text parts")
+    texts = []
+    for part in content:
+        if isinstance(part, Mapping):
+            kind, text = part.get("type"), part.get("text", "")
+        else:
+            kind, text = getattr(part, "type", type(part).__name__), getattr(part, "text", "")
+        if kind == "text":
+            texts.append(str(text))
+        elif kind not in skip:
+            raise ValueError(
+                f"{where} has a {kind!r} content part: the model reads text only; send the text "
+                "parts alone"
+            )
+    return "".join(texts)
 
 
 def check_stop(stop: Sequence[object], stop_token_ids: Sequence[object]) -> None:

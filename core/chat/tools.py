@@ -3,7 +3,8 @@
 Calls are written ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Qwen /
 Hermes format that SmolLM2's and Qwen's templates use). Tools go through the chat template's
 own tool support (``apply_chat_template(tools=...)``) or, for a template without it, into a
-system message that describes them and this format (:func:`describe_tools`).
+system message that describes them and this format (:func:`describe_tools`); the choice is
+made by :func:`power_sampling.chat.render.render_chat`.
 
 The LangChain chat model (:mod:`power_sampling.integrations.langchain.tool_calls`) and the HTTP
 server (:mod:`power_sampling.serving`) both build on this module; it imports no framework.
@@ -14,11 +15,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
-import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..backends.base import TextBackend
 from ..constraints.chat import CLOSE, OPEN
 
 TOOLS_PROMPT = (
@@ -27,8 +26,6 @@ TOOLS_PROMPT = (
     'inside <tool_call></tool_call> tags:\n<tool_call>\n{{"name": <function-name>, "arguments": '
     "<arguments-json-object>}}\n</tool_call>"
 )
-JSON_PROMPT = "Reply with one JSON object and nothing else."
-SCHEMA_PROMPT = " It must match this JSON schema:\n{}"
 CALL_PATTERN = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 NAME_PATTERN = re.compile(r'"name":\s*"([^"]*)')
 
@@ -83,16 +80,13 @@ def describe_tools(
     return with_system(out, TOOLS_PROMPT.format(tools=listing)) if tools else out
 
 
-def parse_calls(text: str, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The ``<tool_call>`` blocks of ``text`` as OpenAI tool calls
-    (``{"id", "type": "function", "function": {"name", "arguments": <JSON text>}}``), and one
-    error message per block that is not a JSON call of a bound tool with object arguments."""
-    calls: list[dict[str, Any]] = []
-    errors: list[str] = []
+def read_calls(text: str, names: Sequence[str]) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    """Each ``<tool_call>`` block of ``text`` as ``(block, call, error)``: the block as written,
+    then ``{"name", "arguments": <object>}`` and no error when it is a JSON call of a bound tool
+    with object arguments, else None and the error (``"<ExceptionType>: <message>"``)."""
     for match in CALL_PATTERN.finditer(text):
-        body = match.group(1).strip()
         try:
-            obj, _ = json.JSONDecoder().raw_decode(body)
+            obj, _ = json.JSONDecoder().raw_decode(match.group(1).strip())
             if not isinstance(obj, dict) or obj.get("name") not in names:
                 raise ValueError(f"expected a call of one of {list(names)}")
             args = obj.get("arguments", obj.get("parameters", {}))
@@ -101,47 +95,28 @@ def parse_calls(text: str, names: Sequence[str]) -> tuple[list[dict[str, Any]], 
             if not isinstance(args, dict):
                 raise ValueError("the arguments must be a JSON object")
         except ValueError as exc:
-            errors.append(f"{type(exc).__name__}: {exc} in {match.group(0)!r}")
+            yield match.group(0), None, f"{type(exc).__name__}: {exc}"
             continue
-        calls.append(
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {"name": obj["name"], "arguments": to_json(args)},
-            }
-        )
+        yield match.group(0), {"name": obj["name"], "arguments": args}, ""
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def parse_calls(text: str, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``<tool_call>`` blocks of ``text`` as OpenAI tool calls
+    (``{"id", "type": "function", "function": {"name", "arguments": <JSON text>}}``), and one
+    error message per block that is not a JSON call of a bound tool with object arguments."""
+    calls: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for block, call, error in read_calls(text, names):
+        if call is None:
+            errors.append(f"{error} in {block!r}")
+            continue
+        function = {"name": call["name"], "arguments": to_json(call["arguments"])}
+        calls.append({"id": call_id(), "type": "function", "function": function})
     return calls, errors
-
-
-_NATIVE_TOOLS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-
-
-def template_has_tools(backend: TextBackend) -> bool:
-    """Whether the chat template renders ``tools`` at all (checked once per backend)."""
-    known = _NATIVE_TOOLS.get(backend)
-    if known is not None:
-        return known
-    probe = [{"role": "user", "content": "?"}]
-    tool = {"type": "function", "function": {"name": "probe", "description": "", "parameters": {}}}
-    try:
-        native = backend.apply_chat_template(probe, tools=[tool]) != backend.apply_chat_template(
-            probe
-        )
-    except Exception:  # a template that fails on tools has no tool support
-        native = False
-    _NATIVE_TOOLS[backend] = native
-    return native
-
-
-def render_chat(
-    backend: TextBackend, dicts: list[dict[str, Any]], tools: list[dict[str, Any]]
-) -> list[int]:
-    """Chat-template token ids (generation prompt added); tools through the template, or a
-    system message when the template has no tool support."""
-    uses_tools = bool(tools) or any(d["role"] == "tool" or "tool_calls" in d for d in dicts)
-    if uses_tools and not template_has_tools(backend):
-        return backend.apply_chat_template(describe_tools(dicts, tools))
-    return backend.apply_chat_template(dicts, tools=tools or None)
 
 
 class ReplySplitter:

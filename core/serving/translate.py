@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 
 from ..chat import tools as tc
+from ..chat.render import ChatOptions, render
 from ..config import PowerSamplingConfig
-from ..constraints import GrammarConstraint
-from ..constraints.chat import response_format_constraint, tool_call_constraint
 from ..generation import Generation
-from ..request import Prompt, Request, resolve_settings
+from ..request import Prompt, Request, content_text, resolve_settings
 from ..samplers.power_sampler import PowerSampler
 from .schemas import ChatCompletionRequest, CompletionRequest
 
@@ -48,10 +47,8 @@ class Call:
     config: PowerSamplingConfig
     n: int = 1
     chat: bool = True
-    tools: tuple[dict[str, Any], ...] = ()
-    tool_choice: str = "auto"
-    response_format: dict[str, Any] | None = None
-    """``json_object`` or ``json_schema`` (``text`` is None); the reply is constrained to it."""
+    options: ChatOptions = field(default_factory=ChatOptions)
+    """Chat: the tools and reply format; the reply is constrained to them."""
     stop: tuple[str, ...] = ()
 
 
@@ -116,19 +113,10 @@ def chat_call(body: ChatCompletionRequest, defaults: PowerSamplingConfig) -> Cal
     """A chat completion request as a :class:`Call`."""
     config = _config(body, defaults)
     messages = [_message(i, m) for i, m in enumerate(body.messages)]
-    tools = tuple(_tool(i, t) for i, t in enumerate(body.tools or []))
-    names = [t["function"]["name"] for t in tools]
-    choice = tc.normalize_tool_choice(body.tool_choice, names)
-    if choice == "none":
-        tools = ()
-    fmt = body.response_format
-    fmt = None if fmt is None or fmt.get("type", "text") == "text" else fmt
-    # Built here so that a bad tool or format is a 400 before any work (they are cached).
-    if tools:
-        tool_call_constraint(tools, choice)
-    elif fmt is not None:
-        response_format_constraint(fmt)
-    return Call((messages,), config, body.n or 1, True, tools, choice, fmt, body.stops)
+    tools = [_tool(i, t) for i, t in enumerate(body.tools or [])]
+    options = ChatOptions.of(tools, body.tool_choice, body.response_format)
+    options.constraint()  # built here so that a bad tool or format is a 400 before any work
+    return Call((messages,), config, body.n or 1, True, options, body.stops)
 
 
 def completion_call(body: CompletionRequest, defaults: PowerSamplingConfig) -> Call:
@@ -148,29 +136,14 @@ def _message(index: int, message: dict[str, Any]) -> dict[str, Any]:
             f"messages[{index}].role={message.get('role')!r} is invalid: use system, developer, "
             "user, assistant or tool"
         )
-    out: dict[str, Any] = {"role": role, "content": _text(index, message.get("content"))}
+    content = content_text(message.get("content"), f"messages[{index}].content")
+    out: dict[str, Any] = {"role": role, "content": content}
     if role == "tool":
         out["tool_call_id"] = message.get("tool_call_id")
     calls = message.get("tool_calls") if role == "assistant" else None
     if calls:
         out["tool_calls"] = [_past_call(index, c) for c in calls]
     return out
-
-
-def _text(index: int, content: Any) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text":
-                raise ValueError(
-                    f"messages[{index}].content has a {kind!r} part: this model reads text only"
-                )
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise ValueError(f"messages[{index}].content must be a string or a list of text parts")
 
 
 def _past_call(index: int, call: Any) -> dict[str, Any]:
@@ -224,24 +197,9 @@ def prepare(call: Call, sampler: PowerSampler) -> list[Prepared]:
 
 
 def _prepare_chat(call: Call, messages: Any, sampler: PowerSampler) -> Prepared:
-    """The chat rendered with its tools, and its reply's constraint: one schema-valid call for a
-    forced ``tool_choice``, text or text and one call for ``auto``, JSON valid under the
-    ``response_format`` (whose schema is also put before the model)."""
-    backend = sampler._text_backend("chat messages")
-    dicts, tools = list(messages), [dict(t) for t in call.tools]
-    constraint = None
-    if tools:
-        constraint = tool_call_constraint(tools, call.tool_choice)
-    elif call.response_format is not None:
-        constraint = response_format_constraint(call.response_format)
-        schema = (call.response_format.get("json_schema") or {}).get("schema")
-        prompt = tc.JSON_PROMPT + (tc.SCHEMA_PROMPT.format(tc.to_json(schema)) if schema else "")
-        dicts = tc.with_system(dicts, prompt)
-    if isinstance(constraint, GrammarConstraint):
-        constraint.compiled(backend)  # a schema xgrammar cannot compile fails here, as a 400
-    ids = tc.render_chat(backend, dicts, tools)
-    request = Request(ids, call.config, call.stop, constraint=constraint)
-    return Prepared(0, request, [t["function"]["name"] for t in tools])
+    """The chat rendered with its tools and its reply's constraint."""
+    chat = render(sampler, Request(messages, call.config, call.stop), call.options)
+    return Prepared(0, chat.request, chat.tools)
 
 
 def finish(prepared: Prepared, splitter: tc.ReplySplitter, gen: Generation) -> Choice:

@@ -4,8 +4,9 @@
 >>> llm = ChatPowerSampling(preset="cpu")              # the embedded SmolLM2, loaded on first use
 >>> (prompt | llm | StrOutputParser()).invoke({...})   # a drop-in chat model
 
-The adapter only translates: LangChain messages to chat-template token ids and a
-:class:`~power_sampling.request.Request`, sampler output to ``AIMessage`` and tool calls (the
+The adapter only translates: LangChain messages to a
+:class:`~power_sampling.request.Request` (rendered by :mod:`power_sampling.chat.render`, as
+every entry point's chats are), sampler output to ``AIMessage`` and tool calls (the
 text protocol is in :mod:`.tool_calls`, shared fields in :mod:`.params`, message
 conversion in :mod:`.messages`). Requests run on the model's shared
 :class:`~power_sampling.engine.scheduler.Scheduler`, so concurrent calls (``batch``, agents,
@@ -22,13 +23,9 @@ reported in ``invalid_tool_calls`` (or as a parsing error).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
-
-from pydantic import PrivateAttr
 
 try:
     import langchain_core  # noqa: F401
@@ -47,10 +44,8 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrou
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from ...backends.base import TextBackend
-from ...constraints.chat import response_format_constraint, tool_call_constraint
+from ...chat.render import ChatOptions, RenderedChat, render, render_chat
 from ...generation import Generation
-from ...request import Request
 from . import tool_calls as tc
 from .messages import (
     Reply,
@@ -132,14 +127,6 @@ def _text_chunk(text: str, gen: Generation | None) -> GenerationChunk:
     return GenerationChunk(text=text, generation_info=_info(gen) if gen else None)
 
 
-@dataclass
-class _Chat:
-    """One chat call, translated: the request and the tools it may call."""
-
-    request: Request
-    tools: list[str]  # names of the tools the model may call
-
-
 class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     """A LangChain chat model that samples from p(x)^alpha with scalable power sampling.
 
@@ -157,8 +144,6 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
 
     streaming: bool = False
     """Run ``invoke`` through the streaming path (LangChain's standard flag)."""
-
-    _native_tools: bool | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:
@@ -278,7 +263,7 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     ) -> int:
         """Prompt length in tokens as rendered by the chat template (loads the model)."""
         formatted = [openai_tool(t) for t in tools or []]
-        return len(self._render([message_dict(m) for m in messages], formatted))
+        return len(render_chat(self._backend(), [message_dict(m) for m in messages], formatted))
 
     # -- translation -----------------------------------------------------------------------------
 
@@ -295,7 +280,9 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         assert gen is not None
         yield self._reply(chat, splitter, [gen])
 
-    def _reply(self, chat: _Chat, splitter: tc.ReplySplitter, gens: list[Generation]) -> Reply:
+    def _reply(
+        self, chat: RenderedChat, splitter: tc.ReplySplitter, gens: list[Generation]
+    ) -> Reply:
         content, tail, calls_text = splitter.finish()
         calls, invalid = tc.parse_tool_calls(calls_text, chat.tools)
         return Reply(content, tail, calls, invalid, usage(gens), self._metadata(gens))
@@ -307,48 +294,15 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
             "power_sampling": cost(gens),
         }
 
-    def _chat(self, messages: list[BaseMessage], stop: Stop, kwargs: dict[str, Any]) -> _Chat:
+    def _chat(
+        self, messages: list[BaseMessage], stop: Stop, kwargs: dict[str, Any]
+    ) -> RenderedChat:
         kwargs = dict(kwargs)
         tools = [openai_tool(t) for t in kwargs.pop("tools", None) or []]
-        names = [t["function"]["name"] for t in tools]
-        choice = tc.normalize_tool_choice(kwargs.pop("tool_choice", None), names)
-        response_format = kwargs.pop("response_format", None)
-        if choice == "none":
-            tools, names = [], []
-        dicts, constraint = [message_dict(m) for m in messages], None
-        if tools:
-            constraint = tool_call_constraint(tools, choice)
-        elif response_format:
-            constraint = response_format_constraint(response_format)
-            inner = response_format.get("json_schema", response_format)
-            schema = inner.get("schema") if isinstance(inner, dict) else None
-            system = tc.JSON_PROMPT + (
-                tc.SCHEMA_PROMPT.format(tc.to_json(schema)) if schema else ""
-            )
-            dicts = tc.with_system(dicts, system)
-        request = self._request(self._render(dicts, tools), stop, kwargs)
-        return _Chat(dataclasses.replace(request, constraint=constraint), names)
-
-    def _render(self, dicts: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
-        """Chat-template token ids; tools through the template, or a system message if it has no
-        tool support."""
-        backend = self._backend()
-        uses_tools = bool(tools) or any(d["role"] == "tool" or "tool_calls" in d for d in dicts)
-        if uses_tools and not self._template_has_tools(backend):
-            return backend.apply_chat_template(tc.describe_tools(dicts, tools))
-        return backend.apply_chat_template(dicts, tools=tools or None)
-
-    def _template_has_tools(self, backend: TextBackend) -> bool:
-        """Whether the chat template renders ``tools`` at all (checked once)."""
-        if self._native_tools is None:
-            probe = [{"role": "user", "content": "?"}]
-            tool = convert_to_openai_tool({"name": "probe", "description": "", "parameters": {}})
-            try:
-                with_tool = backend.apply_chat_template(probe, tools=[tool])
-                self._native_tools = with_tool != backend.apply_chat_template(probe)
-            except Exception:  # a template that fails on tools has no tool support
-                self._native_tools = False
-        return self._native_tools
-
-
-# -- helpers -------------------------------------------------------------------------------------
+        choice, response_format = (
+            kwargs.pop("tool_choice", None),
+            kwargs.pop("response_format", None),
+        )
+        options = ChatOptions.of(tools, choice, response_format)
+        request = self._request([message_dict(m) for m in messages], stop, kwargs)
+        return render(self._scheduler().sampler, request, options)
