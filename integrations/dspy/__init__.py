@@ -1,7 +1,16 @@
 """DSPy: :func:`power_lm` (a ``dspy.LM`` sampling with power sampling) and its adapter."""
 
+try:
+    import dspy  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "power_sampling.integrations.dspy needs DSPy: pip install 'power-sampling[dspy]'"
+    ) from exc
+
 from .adapter import SchemaJSONAdapter
-from .lm import AsyncPowerEngine, PowerEngine, PowerLM, model_string, power_lm
+from .engine import AsyncPowerEngine, PowerEngine
+from .lm import PowerLM, power_lm
+from .translate import model_string
 
 __all__ = [
     "AsyncPowerEngine",
