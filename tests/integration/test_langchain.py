@@ -32,8 +32,8 @@ from pydantic import BaseModel, Field
 from power_sampling import PowerSampler
 from power_sampling.backends.scripted import ScriptedLM
 from power_sampling.engine.registry import loaded_models
-from power_sampling.integrations.langchain import tool_calls as tc
 from power_sampling.integrations.langchain import ChatPowerSampling, PowerSamplingLLM
+from power_sampling.integrations.langchain import tool_calls as tc
 from power_sampling.testing import tiny_tokenizer
 
 BUDGET = dict(
