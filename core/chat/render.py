@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import TextBackend
-from ..constraints import Constraint
+from ..constraints import Constraint, GrammarConstraint
 from ..constraints.chat import response_format_constraint, tool_call_constraint
-from ..constraints.grammar import GrammarConstraint
 from ..request import Request
 from ..samplers.power_sampler import PowerSampler
 from .tools import describe_tools, normalize_tool_choice, to_json, with_system
