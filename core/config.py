@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-Method = Literal["power", "mcmc", "low_temperature", "standard", "best_of_n"]
+Method = Literal["power", "mcmc", "smc", "low_temperature", "standard", "best_of_n"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 ALPHA_RANGE = (1e-6, 1e100)
@@ -24,6 +24,11 @@ UPPER_BOUNDS: dict[str, tuple[int, str]] = {
     "max_new_tokens": (10_000_000, "no model has a longer context"),
     "rollout_length": (10_000_000, "no model has a longer context"),
     "block_size": (10_000_000, "no model has a longer context"),
+    "num_particles": (65536, "every particle is decoded every step"),
+    "resample_interval": (10_000_000, "no model has a longer context"),
+    "alpha_ramp_tokens": (10_000_000, "no model has a longer context"),
+    "mask_eos_tokens": (10_000_000, "no model has a longer context"),
+    "lookahead_rollouts": (4096, "each particle gets lookahead_rollouts rollouts every interval"),
 }
 """Largest accepted value of each count, and why: a value past it would run practically for
 ever (10**9 rollouts) rather than fail, so it is refused up front."""
@@ -37,6 +42,11 @@ INT_FIELDS = (
     "mcmc_steps",
     "best_of",
     "max_new_tokens",
+    "num_particles",
+    "resample_interval",
+    "alpha_ramp_tokens",
+    "mask_eos_tokens",
+    "lookahead_rollouts",
 )
 
 
@@ -50,13 +60,14 @@ class PowerSamplingConfig(BaseModel):
 
     method: str = "power"
     """Which sampler runs: ``power`` (scalable power sampling, the default), ``mcmc`` (Karan & Du's
-    Metropolis-Hastings power sampling), ``low_temperature`` (temperature 1/alpha per token),
+    Metropolis-Hastings power sampling), ``smc`` (Power-SMC, a particle filter; see
+    :mod:`power_sampling.samplers.smc`), ``low_temperature`` (temperature 1/alpha per token),
     ``standard`` (temperature 1) or ``best_of_n`` (``best_of`` samples, highest base
     log-likelihood wins)."""
 
     alpha: float = 4.0
     """Power exponent of the target p(x)^alpha; > 0, paper 4 (4-5 works best). 1 = the base
-    model. Used by ``power``, ``mcmc`` and ``low_temperature`` (as temperature 1/alpha)."""
+    model. Used by ``power``, ``mcmc``, ``smc`` and ``low_temperature`` (as temperature 1/alpha)."""
 
     top_k: int = 8
     """K, candidates scored per step: the top-K tokens (``block_size`` 1) or the top-K distinct
@@ -108,6 +119,32 @@ class PowerSamplingConfig(BaseModel):
     those blocks were selected partly for their rollouts (see the README's performance
     section for the measured effect). ``power`` only."""
 
+    num_particles: int = 64
+    """N, particles decoded together by ``smc``; >= 1, Power-SMC's scripts 64. The returned
+    sample converges to pi as N grows (finite N leaves a bias)."""
+
+    ess_threshold: float = 0.5
+    """kappa: ``smc`` resamples when the effective sample size 1/sum(w^2) of the normalised
+    weights falls below kappa*N; in [0, 1], Power-SMC's 0.5. 0 never resamples, 1 always."""
+
+    resample_interval: int = 64
+    """Tokens between the effective-sample-size checks of ``smc`` (each is one batched backend
+    call for all particles); >= 1, Power-SMC's 64. Also the block of the look-ahead."""
+
+    alpha_ramp_tokens: int = 400
+    """``smc`` raises the exponent linearly from 1 to alpha over this many first tokens, with
+    bridging weights that leave the target pi unchanged; >= 0, Power-SMC's 400. 0 = no ramp."""
+
+    mask_eos_tokens: int = 0
+    """``smc``: forbid the end tokens during the first this many generated tokens (Power-SMC's
+    code: 100). Changes the target to pi restricted to outputs that do not end that early;
+    >= 0, default 0 (off)."""
+
+    lookahead_rollouts: int = 0
+    """``smc``: M rollouts of up to ``rollout_length`` tokens after every distinct particle at
+    each interval, whose future-quality estimate steers resampling (a look-ahead auxiliary
+    particle filter; the target stays pi); >= 0, default 0 (off: plain Power-SMC)."""
+
     @field_validator(*INT_FIELDS, "seed", mode="before")
     @classmethod
     def _integer(cls, value: Any, info: Any) -> Any:
@@ -116,7 +153,7 @@ class PowerSamplingConfig(BaseModel):
             return None
         return check_integer(info.field_name, value)
 
-    @field_validator("alpha", "adaptive_tolerance", mode="before")
+    @field_validator("alpha", "adaptive_tolerance", "ess_threshold", mode="before")
     @classmethod
     def _real(cls, value: Any, info: Any) -> Any:
         if isinstance(value, bool | str | bytes):  # pydantic would read "4" or True as numbers
@@ -135,13 +172,21 @@ class PowerSamplingConfig(BaseModel):
                 f"use a finite value in [{low:g}, {high:g}] (the paper uses 4; 1 = the base model;"
                 " outside that range p^alpha is uniform or greedy to float precision)",
             )
-        for name in ("top_k", "num_rollouts", "rollout_length", "block_size", "best_of"):
+        at_least_one = ("top_k", "num_rollouts", "rollout_length", "block_size", "best_of")
+        for name in (*at_least_one, "num_particles", "resample_interval"):
             if getattr(self, name) < 1:
                 _fail(name, getattr(self, name), "use an integer >= 1")
         if self.max_new_tokens < 1:
             _fail("max_new_tokens", self.max_new_tokens, "use an integer >= 1")
-        if self.mcmc_steps < 0:
-            _fail("mcmc_steps", self.mcmc_steps, "use an integer >= 0")
+        for name in ("mcmc_steps", "alpha_ramp_tokens", "mask_eos_tokens", "lookahead_rollouts"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "use an integer >= 0")
+        if not (math.isfinite(self.ess_threshold) and 0.0 <= self.ess_threshold <= 1.0):
+            _fail(
+                "ess_threshold",
+                self.ess_threshold,
+                "use a value in [0, 1] (0 = never resample, 1 = always)",
+            )
         if self.num_candidates < 1:
             _fail("num_candidates", self.num_candidates, "use an integer >= 1")
         if self.method == "power" and self.block_size > 1 and self.num_candidates < self.top_k:

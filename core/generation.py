@@ -37,6 +37,14 @@ class GenerationStats:
     """Power sampling: the smallest ``StepTrace.kept_mass`` over the generation's steps (1.0 when
     no step left anything out). Well below 1 means the top-K truncation, not the power
     distribution, decided that step: raise ``top_k``."""
+    ess_history: list[float] = field(default_factory=list)
+    """SMC: the effective sample size 1/sum(w^2) of the normalised weights (with the look-ahead:
+    of the selection weights) at each check, the last one at the end; out of ``num_particles``."""
+    resamples: int = 0
+    """SMC: how many times the particles were resampled."""
+    unique_ancestors: list[int] = field(default_factory=list)
+    """SMC: the number of distinct particles kept by each resampling (at most N): how much of
+    the population survived it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

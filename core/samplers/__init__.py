@@ -8,6 +8,7 @@ from .base import Sampler, SequenceState
 from .baselines import BestOfNSampler, TemperatureSampler
 from .mcmc import MCMCSampler
 from .power import ScalablePowerSampler
+from .smc import PowerSMCSampler
 
 
 def make_sampler(backend: Backend, config: PowerSamplingConfig) -> Sampler:
@@ -16,6 +17,8 @@ def make_sampler(backend: Backend, config: PowerSamplingConfig) -> Sampler:
         return ScalablePowerSampler(backend, config)
     if config.method == "mcmc":
         return MCMCSampler(backend, config)
+    if config.method == "smc":
+        return PowerSMCSampler(backend, config)
     if config.method == "standard":
         return TemperatureSampler(backend, config, temperature=1.0)
     if config.method == "low_temperature":
@@ -28,6 +31,7 @@ def make_sampler(backend: Backend, config: PowerSamplingConfig) -> Sampler:
 __all__ = [
     "BestOfNSampler",
     "MCMCSampler",
+    "PowerSMCSampler",
     "Sampler",
     "ScalablePowerSampler",
     "SequenceState",

@@ -112,10 +112,18 @@ class Sampler(ABC):
         temperature: float = 1.0,
         keep_cache: bool = False,
         kind: str = "candidate",
+        matchers: Sequence[Matcher | None] | None = None,
     ) -> list[list[Continuation]]:
-        """One batched ``backend.sample`` call for all requests, charged to their states."""
+        """One batched ``backend.sample`` call for all requests, charged to their states.
+
+        ``matchers`` (one per request) replaces the matchers taken from the states' constraints,
+        for samplers that track their own (SMC's particles) or add masks of their own."""
         if not requests:
             return []
+        if matchers is None:
+            masks = constraint_kwargs(requests)
+        else:
+            masks = {"constraint": list(matchers)} if any(m is not None for m in matchers) else {}
         out = self.backend.sample(
             [prefix for _, prefix in requests],
             n,
@@ -124,7 +132,7 @@ class Sampler(ABC):
             temperature=temperature,
             stop=stop,
             keep_cache=keep_cache,
-            **constraint_kwargs(requests),
+            **masks,
         )
         drawn = [sum(len(c.token_ids) for c in row) for row in out.continuations]
         # A backend that does not count its model runs: one prefill plus one step per token of
