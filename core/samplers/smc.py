@@ -138,7 +138,9 @@ class PowerSMCSampler(Sampler):
         # 2. Select: by weight x look-ahead potential at every boundary, or by weight when the
         # effective sample size is low. The last check draws the answer instead.
         going = [
-            (s, p) for s, p in zip(active, pops, strict=True) if not all(q.done for q in p.particles)
+            (s, p)
+            for s, p in zip(active, pops, strict=True)
+            if not all(q.done for q in p.particles)
         ]
         if cfg.lookahead_rollouts > 0 and going:
             self._lookahead(going, stop, rng)
@@ -147,7 +149,9 @@ class PowerSMCSampler(Sampler):
                 ess = _ess(pop.log_w)
                 state.stats.ess_history.append(ess)
                 if ess < cfg.ess_threshold * cfg.num_particles:
-                    self._resample(state, pop, _systematic(pop.log_w, rng), np.zeros(len(pop.log_w)))
+                    self._resample(
+                        state, pop, _systematic(pop.log_w, rng), np.zeros(len(pop.log_w))
+                    )
 
         commits = []
         for state, pop in zip(active, pops, strict=True):
@@ -317,4 +321,3 @@ class _NoEndYet:
     def fork(self) -> Matcher:
         inner = None if self._inner is None else self._inner.fork()
         return _NoEndYet(inner, self._stop, self._left)
-

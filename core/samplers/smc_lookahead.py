@@ -100,10 +100,7 @@ def log_potentials(
         terms = np.array([(alpha - 1.0) * r.logprob + r.log_mass for r in row])
         log_zeta[(id(p.state), p.tokens)] = float(logsumexp(terms) - np.log(len(row)))
     return np.array(
-        [
-            log_zeta[(id(p.state), p.tokens)] + p.owed if p.horizon > 0 else 0.0
-            for p in particles
-        ]
+        [log_zeta[(id(p.state), p.tokens)] + p.owed if p.horizon > 0 else 0.0 for p in particles]
     )
 
 
