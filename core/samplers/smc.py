@@ -30,8 +30,9 @@ one ancestor pass the same prefix, which the backend resolves once and shares ac
 
 Constraints. Under a constraint the proposal is the masked model at temperature 1/α, whose
 reported log q includes the renormalisation over the allowed tokens, so the same increments
-target π_G(x) ∝ p(x)^α · 1[x valid] (their sum is the log allowed power mass
-log Σ_{v allowed} p(v)^α of each step). A particle that reaches a dead end gets weight 0.
+target π_G(x) ∝ p(x)^α · 1[x valid]: at α_t = α a token's increment is the log allowed power
+mass log Σ_{v allowed} p(v)^α of its step, the correction the constraint needs and nothing
+else. A particle that reaches a dead end gets weight 0.
 Each particle carries its own matcher, forked from its ancestor's.
 
 ``mask_eos_tokens`` > 0 forbids the end tokens for the first tokens through the same masks:
@@ -248,10 +249,15 @@ class PowerSMCSampler(Sampler):
     def _stream(self, state: SequenceState, pop: _Population) -> Commit:
         """Commit the common prefix of the particles that can still be chosen."""
         alive = [p for p, w in zip(pop.particles, pop.log_w, strict=True) if w > -np.inf]
-        first, length = alive[0].tokens, min(len(p.tokens) for p in alive)
-        for p in alive[1:]:
-            while length and p.tokens[:length] != first[:length]:
-                length -= 1
+        # Distinct particles only (children share their ancestor's object), compared from the
+        # committed length on: the committed prefix is common already.
+        distinct = list({id(p): p for p in alive}.values())
+        first, length = distinct[0].tokens, min(len(p.tokens) for p in distinct)
+        for p in distinct[1:]:
+            k = pop.committed
+            while k < length and p.tokens[k] == first[k]:
+                k += 1
+            length = k
         if length <= pop.committed:
             return state, ()
         return self._commit(state, pop, alive[0], length, finished=False)
@@ -288,9 +294,10 @@ def _ess(log_w: np.ndarray) -> float:
 
 def _systematic(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Systematic resampling: ancestors at N evenly spaced points of the weights' CDF."""
-    n = len(log_w)
+    n, w = len(log_w), _normalised(log_w)
     points = (rng.random() + np.arange(n)) / n
-    return np.minimum(np.searchsorted(np.cumsum(_normalised(log_w)), points, side="right"), n - 1)
+    # A point past the CDF's rounded end goes to the last particle of positive weight.
+    return np.minimum(np.searchsorted(np.cumsum(w), points, side="right"), np.flatnonzero(w)[-1])
 
 
 class _NoEndYet:

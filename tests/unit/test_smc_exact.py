@@ -131,7 +131,8 @@ def test_without_resampling_the_answer_has_the_exact_sir_law(name: str, ramp: in
 def test_resampled_tv_to_pi_falls_with_particles(name: str, lookahead: int) -> None:
     """Resampling every token (κ = 0.5, ramp over 2 tokens; with the look-ahead: selection by
     ψ̂ from 4 rollouts, then the second-stage weight): TV to π falls from N = 2 to 32 by more
-    than the noise, and at 32 is within the SIR bias allowance; low temperature is not."""
+    than the noise, and at 32 is within the SIR bias allowance; low temperature is farther
+    from π than N = 32 by more than the noise."""
     lm = TABLES[name]()
     pi, q = targets(lm)
     options = dict(alpha_ramp_tokens=2, lookahead_rollouts=lookahead, rollout_length=LENGTH)
