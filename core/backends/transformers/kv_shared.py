@@ -28,10 +28,9 @@ WHOLE_ROWS_BYTES = 64 * 2**20
 """A cache whose layers' whole rows (keys and values, shared columns copied out per row) fit in
 this many bytes together keeps them, while a call runs, in one buffer per layer that each step
 writes its new columns into; a larger one assembles a layer's whole rows afresh at every step.
-That assembly copies every row's prefix at every step: on a CPU it was most of a small model's
-step at long contexts (a 64-row step of ``random:tiny`` after 3000 tokens: 71 ms of CPU time,
-22 ms with the buffer). Rows are kept (:meth:`SharedLayer.compact`) and shared again without
-the buffer."""
+That assembly copies every row's prefix at every step, which makes it most of a small model's
+step at long contexts (the README's "Whole-row buffers" gives the figures). Rows are kept
+(:meth:`SharedLayer.compact`) and shared again without the buffer."""
 
 
 @dataclass(frozen=True)
