@@ -79,7 +79,7 @@ def test_whole_row_buffers_sample_exactly_what_assembled_rows_do(
     """Decoding into a growing buffer (the default for small layers, grown here several times:
     a 20-token prompt, 150 new tokens) draws the same tokens with the same log-probs as
     assembling the whole rows afresh at every step (WHOLE_ROWS_BYTES = 0)."""
-    from power_sampling.backends import kv_shared
+    from power_sampling.backends.transformers import kv_shared
     from power_sampling.backends.base import StopCondition
     from power_sampling.backends.random_models import random_backend
 
@@ -117,7 +117,7 @@ def test_a_whole_row_buffer_grows_keeping_its_rows() -> None:
     """SharedLayer's buffer holds the shared columns then the own ones; growth past its capacity
     copies them; past WHOLE_ROWS_BYTES it is dropped and the rows are assembled per step, same
     values. Compacted (as kept rows are), the own columns no longer hold the buffer."""
-    from power_sampling.backends import kv_shared
+    from power_sampling.backends.transformers import kv_shared
 
     gen = torch.Generator().manual_seed(0)
     prefix = torch.randn(1, 2, 5, 4, generator=gen)
@@ -180,7 +180,7 @@ def test_the_layers_of_a_cache_share_one_buffer_budget(monkeypatch: pytest.Monke
     """WHOLE_ROWS_BYTES bounds a cache's buffers together: a layer that would get a buffer alone
     gets none when the budget is split over two layers (a deep model's small calls stay within
     the memory bound of the shared cache)."""
-    from power_sampling.backends import kv_shared
+    from power_sampling.backends.transformers import kv_shared
 
     prefix = torch.ones(1, 2, 5, 4)
     per_column = 2 * 3 * 2 * 4 * 4  # keys and values of 3 rows, 2 heads, head dim 4, float32

@@ -229,7 +229,7 @@ def test_constrained_mcmc_moves_toward_pi_g(table: Any) -> None:
 
 
 def test_engines_that_cannot_run_constraints_are_refused(bare_table: Any) -> None:
-    from power_sampling.backends import vllm as vllm_module
+    from power_sampling.backends.vllm import backend as vllm_module
     from power_sampling.backends.vllm.constraints import PROCESSOR_NAME
 
     assert vllm_module._PROCESSOR == PROCESSOR_NAME
