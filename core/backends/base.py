@@ -25,6 +25,7 @@ Without a constraint nothing changes (``log_mass`` is 0).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -191,6 +192,111 @@ class TextBackend(Backend, Protocol):
         """Token ids of ``messages`` rendered with the model's chat template, generation prompt
         added."""
         ...
+
+
+class BaseBackend(ABC):
+    """A :class:`Backend` whose calls are checked once, here, before a subclass does the work.
+
+    ``top_k`` and ``sample`` reject empty prefixes, ids outside the vocabulary and a constraint
+    list that does not give one matcher (or None) per prefix; ``sample`` also turns
+    ``max_new_tokens`` into one budget per prefix and ``stop=None`` into the model's own
+    :attr:`stop`, then calls :meth:`_check_sample` for a subclass's own checks. Subclasses
+    implement ``_top_k`` and ``_sample``, which receive every prefix as a tuple of ints.
+    A wrapper that delegates to another backend (:class:`~.ignore_eos.IgnoreEOS`) is not one:
+    the backend it wraps checks the call.
+    """
+
+    if TYPE_CHECKING:  # a subclass's, as an attribute or a property
+
+        @property
+        def vocab_size(self) -> int: ...
+
+        @property
+        def stop(self) -> StopCondition: ...
+
+    def top_k(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        k: int,
+        *,
+        keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
+    ) -> TopKOutput:
+        """See :meth:`Backend.top_k`."""
+        validate_prefixes(prefixes, self.vocab_size)
+        check_constraint(constraint, len(prefixes))
+        return self._top_k(_token_ids(prefixes), k, keep_cache=keep_cache, constraint=constraint)
+
+    def sample(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        n: int,
+        max_new_tokens: int | Sequence[int],
+        *,
+        seed: int,
+        temperature: float = 1.0,
+        stop: StopCondition | None = None,
+        keep_cache: bool = False,
+        constraint: Sequence[Matcher | None] | None = None,
+    ) -> SampleOutput:
+        """See :meth:`Backend.sample`."""
+        validate_prefixes(prefixes, self.vocab_size)
+        check_constraint(constraint, len(prefixes))
+        limits = budgets(max_new_tokens, len(prefixes))
+        stop = self.stop if stop is None else stop
+        self._check_sample(n, max_new_tokens, limits, temperature, stop)
+        return self._sample(
+            _token_ids(prefixes),
+            n,
+            limits,
+            seed=seed,
+            temperature=temperature,
+            stop=stop,
+            keep_cache=keep_cache,
+            constraint=constraint,
+        )
+
+    def _check_sample(
+        self,
+        n: int,
+        max_new_tokens: int | Sequence[int],
+        limits: list[int],
+        temperature: float,
+        stop: StopCondition,
+    ) -> None:
+        """A subclass's own checks of a ``sample`` call (``limits``: one budget per prefix);
+        none by default."""
+        return None
+
+    @abstractmethod
+    def _top_k(
+        self,
+        prefixes: list[TokenIds],
+        k: int,
+        *,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
+    ) -> TopKOutput:
+        """``top_k`` after the checks."""
+
+    @abstractmethod
+    def _sample(
+        self,
+        prefixes: list[TokenIds],
+        n: int,
+        limits: list[int],
+        *,
+        seed: int,
+        temperature: float,
+        stop: StopCondition,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
+    ) -> SampleOutput:
+        """``sample`` after the checks, with one budget per prefix and the stop condition."""
+
+
+def _token_ids(prefixes: Sequence[Sequence[int]]) -> list[TokenIds]:
+    return [tuple(int(t) for t in p) for p in prefixes]
 
 
 def budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:

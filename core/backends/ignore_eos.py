@@ -39,15 +39,8 @@ class IgnoreEOS:
         """No end tokens of the model's own."""
         return StopCondition()
 
-    def top_k(
-        self,
-        prefixes: Sequence[Sequence[int]],
-        k: int,
-        *,
-        keep_cache: bool = False,
-        **kwargs: Any,
-    ) -> TopKOutput:
-        return self.backend.top_k(prefixes, k, keep_cache=keep_cache, **kwargs)
+    def top_k(self, prefixes: Sequence[Sequence[int]], k: int, **kwargs: Any) -> TopKOutput:
+        return self.backend.top_k(prefixes, k, **kwargs)
 
     def sample(
         self,
@@ -55,19 +48,10 @@ class IgnoreEOS:
         n: int,
         max_new_tokens: int | Sequence[int],
         *,
-        seed: int,
-        temperature: float = 1.0,
         stop: StopCondition | None = None,
-        keep_cache: bool = False,
         **kwargs: Any,
     ) -> SampleOutput:
-        return self.backend.sample(
-            prefixes,
-            n,
-            max_new_tokens,
-            seed=seed,
-            temperature=temperature,
-            stop=StopCondition() if stop is None else stop,
-            keep_cache=keep_cache,
-            **kwargs,
-        )
+        """The wrapped backend's ``sample`` (which checks the call), with no end tokens of the
+        model's own unless ``stop`` names them."""
+        stop = StopCondition() if stop is None else stop
+        return self.backend.sample(prefixes, n, max_new_tokens, stop=stop, **kwargs)

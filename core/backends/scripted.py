@@ -18,22 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..text import first_stop
-from .base import (
-    Continuation,
-    SampleOutput,
-    StopCondition,
-    TopK,
-    TopKOutput,
-    budgets,
-    check_constraint,
-    validate_prefixes,
-)
+from .base import BaseBackend, Continuation, SampleOutput, StopCondition, TokenIds, TopK, TopKOutput
 
 if TYPE_CHECKING:
     from ..constraints import Matcher
 
 
-class ScriptedLM:
+class ScriptedLM(BaseBackend):
     """A backend over a Hugging Face tokenizer whose reply to a prompt is ``reply(prompt)``.
 
     ``reply`` is a fixed string or a function of the prompt text (the rendered chat template or
@@ -108,16 +99,14 @@ class ScriptedLM:
 
     # -- Backend -------------------------------------------------------------------------------
 
-    def top_k(
+    def _top_k(
         self,
-        prefixes: Sequence[Sequence[int]],
+        prefixes: list[TokenIds],
         k: int,
         *,
-        keep_cache: bool = False,
-        constraint: Sequence[Matcher | None] | None = None,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
     ) -> TopKOutput:
-        validate_prefixes(prefixes, self.vocab_size)
-        check_constraint(constraint, len(prefixes))
         entries = []
         for i, prefix in enumerate(prefixes):
             token, matcher = self._next(prefix), constraint[i] if constraint else None
@@ -125,23 +114,19 @@ class ScriptedLM:
             entries.append(TopK((token,), (0.0,)) if allowed else TopK((), ()))
         return TopKOutput(entries, forward_tokens=len(prefixes))
 
-    def sample(
+    def _sample(
         self,
-        prefixes: Sequence[Sequence[int]],
+        prefixes: list[TokenIds],
         n: int,
-        max_new_tokens: int | Sequence[int],
+        limits: list[int],
         *,
         seed: int,
-        temperature: float = 1.0,
-        stop: StopCondition | None = None,
-        keep_cache: bool = False,
-        constraint: Sequence[Matcher | None] | None = None,
+        temperature: float,
+        stop: StopCondition,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
     ) -> SampleOutput:
-        validate_prefixes(prefixes, self.vocab_size)
-        check_constraint(constraint, len(prefixes))
-        stop = self._stop if stop is None else stop
         rows = []
-        limits = budgets(max_new_tokens, len(prefixes))
         for i, (prefix, budget) in enumerate(zip(prefixes, limits, strict=True)):
             seq, finished, log_mass = list(prefix), False, 0.0
             start = constraint[i] if constraint else None

@@ -13,16 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..power_math import logsumexp
-from .base import (
-    Continuation,
-    SampleOutput,
-    StopCondition,
-    TopK,
-    TopKOutput,
-    budgets,
-    check_constraint,
-    validate_prefixes,
-)
+from .base import BaseBackend, Continuation, SampleOutput, StopCondition, TokenIds, TopK, TopKOutput
 
 if TYPE_CHECKING:
     from ..constraints import Matcher
@@ -30,7 +21,7 @@ if TYPE_CHECKING:
 NextTokenProbs = Callable[[tuple[int, ...]], Sequence[float]]
 
 
-class TableLM:
+class TableLM(BaseBackend):
     """A backend whose next-token distribution is ``next_token_probs(prefix)``.
 
     ``prefix`` is the tuple of all token ids so far (prompt included). The returned probabilities
@@ -100,16 +91,14 @@ class TableLM:
 
         return allowed_tokens(matcher, self.vocab_size)
 
-    def top_k(
+    def _top_k(
         self,
-        prefixes: Sequence[Sequence[int]],
+        prefixes: list[TokenIds],
         k: int,
         *,
-        keep_cache: bool = False,
-        constraint: Sequence[Matcher | None] | None = None,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
     ) -> TopKOutput:
-        validate_prefixes(prefixes, self.vocab_size)
-        check_constraint(constraint, len(prefixes))
         entries = []
         for i, prefix in enumerate(prefixes):
             logp = self.logprobs(prefix)
@@ -121,36 +110,41 @@ class TableLM:
             entries.append(TopK(tuple(best), tuple(float(logp[t]) for t in best)))
         return TopKOutput(entries, forward_tokens=len(prefixes))
 
-    def sample(
+    def _check_sample(
         self,
-        prefixes: Sequence[Sequence[int]],
         n: int,
         max_new_tokens: int | Sequence[int],
-        *,
-        seed: int,
-        temperature: float = 1.0,
-        stop: StopCondition | None = None,
-        keep_cache: bool = False,
-        constraint: Sequence[Matcher | None] | None = None,
-    ) -> SampleOutput:
-        validate_prefixes(prefixes, self.vocab_size)
-        check_constraint(constraint, len(prefixes))
-        stop = self._stop if stop is None else stop
+        limits: list[int],
+        temperature: float,
+        stop: StopCondition,
+    ) -> None:
         if stop.strings:
             raise ValueError(
                 "TableLM has no tokenizer, so it cannot match stop strings; "
                 "pass stop token ids instead"
             )
+
+    def _sample(
+        self,
+        prefixes: list[TokenIds],
+        n: int,
+        limits: list[int],
+        *,
+        seed: int,
+        temperature: float,
+        stop: StopCondition,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
+    ) -> SampleOutput:
         rng = np.random.default_rng(seed)
         out = []
         steps = 0
-        limits = budgets(max_new_tokens, len(prefixes))
         for i, (prefix, budget) in enumerate(zip(prefixes, limits, strict=True)):
             rows = []
             start = constraint[i] if constraint else None
             for _ in range(n):
                 matcher = None if start is None else start.fork()
-                seq = [int(t) for t in prefix]
+                seq = list(prefix)
                 tokens: list[int] = []
                 base: list[float] = []
                 proposal: list[float] = []
