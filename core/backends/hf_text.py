@@ -5,21 +5,31 @@
 * decode without cleaning up spaces (prefix-stable text, which stop strings and streaming need);
 * reject text that is not valid Unicode with an error naming it, not the tokenizer's TypeError;
 * keep special-token strings typed into chat messages as plain text: a user's ``<|im_end|>``
-  cannot end their turn and start another (a raw text prompt may still mean them).
+  cannot end their turn and start another (a raw text prompt may still mean them);
+* end continuations at the same tokens (:func:`stop_ids`);
+* are a ``TextBackend`` exactly when they have a tokenizer, and check a call the same way
+  (:class:`HFBackend`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from .base import BaseBackend, StopCondition
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+"""Chat end-of-turn tokens that end a continuation whenever the vocabulary has them."""
+TEXT_METHODS = ("encode", "decode", "apply_chat_template")
 
 
 class HFText:
-    """Text methods of a backend with a Hugging Face ``tokenizer`` and a ``name``."""
+    """The text methods of a backend named ``name`` over a Hugging Face ``tokenizer``."""
 
-    tokenizer: Any
-    name: str
+    def __init__(self, tokenizer: Any, name: str) -> None:
+        self.tokenizer = tokenizer
+        self.name = name
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``; special-token strings in it (``<|im_end|>``) become special
@@ -88,6 +98,73 @@ class HFText:
             add_generation_prompt=True,
             tokenize=False,
         )
+
+
+class HFBackend(BaseBackend):
+    """What the backends over a model with a Hugging Face tokenizer, or none, share.
+
+    With a tokenizer, ``encode``, ``decode`` and ``apply_chat_template`` are the instance's own
+    (its :attr:`text`'s), so it is a ``TextBackend``. Without one they are absent, so
+    ``isinstance(backend, TextBackend)`` is False and samplers treat it as a token-id backend
+    (they would decode otherwise); reading one raises an AttributeError that names the fix
+    (:attr:`no_text`, with ``{name}`` the method), and a stop string is refused (naming
+    :attr:`build_with_text`). ``sample`` also refuses a negative count or budget and a
+    temperature that is not positive.
+    """
+
+    no_text: ClassVar[str]
+    build_with_text: ClassVar[str]
+    text: HFText | None
+    encode: Callable[..., list[int]]
+    decode: Callable[[Sequence[int]], str]
+    apply_chat_template: Callable[..., list[int]]
+
+    def _set_text(self, tokenizer: Any, name: str) -> None:
+        self.text = None if tokenizer is None else HFText(tokenizer, name)
+        if self.text is not None:
+            for method in TEXT_METHODS:
+                setattr(self, method, getattr(self.text, method))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes the instance lacks: a text method without a tokenizer.
+        if name in TEXT_METHODS:
+            raise AttributeError(self.no_text.format(name=name))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _check_sample(
+        self,
+        n: int,
+        max_new_tokens: int | Sequence[int],
+        limits: list[int],
+        temperature: float,
+        stop: StopCondition,
+    ) -> None:
+        if n < 0 or min(limits, default=0) < 0:
+            raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 0")
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature} is invalid: use a value > 0")
+        if stop.strings and self.text is None:
+            raise ValueError(
+                "this backend has no tokenizer, so it cannot match stop strings; pass stop "
+                f"token ids, or {self.build_with_text}"
+            )
+
+
+def stop_ids(
+    eos: Iterable[int | Sequence[int] | None], tokenizer: Any, extra: Sequence[int], vocab_size: int
+) -> frozenset[int]:
+    """The ids that end a continuation: ``extra``, the configs' EOS ids ``eos`` (each an id, a
+    list of ids or None), the tokenizer's EOS and the end-of-turn tokens in its vocabulary;
+    only those inside the vocabulary."""
+    ids = {int(t) for t in extra}
+    for end in eos:
+        ids.update([end] if isinstance(end, int) else end or [])
+    if tokenizer is not None:
+        if tokenizer.eos_token_id is not None:
+            ids.add(int(tokenizer.eos_token_id))
+        vocab = tokenizer.get_vocab()
+        ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return frozenset(i for i in ids if 0 <= i < vocab_size)
 
 
 def check_text(text: str, what: str) -> None:

@@ -11,21 +11,11 @@ schedules them itself:
   ``max_logprobs``.
 * ``keep_cache`` is not needed: vLLM's own prefix cache (on by default) reuses shared prefixes
   in whole cache blocks.
-* Text (encode, decode, chat templates) is :mod:`.hf_text`'s, as in the transformers backend: a
+* Text (encode, decode, chat templates) is :mod:`..hf_text`'s, as in the transformers backend: a
   special-token string typed into a chat message stays text.
 
-Base and proposal log-probs. vLLM returns one kind of log-prob per engine (``logprobs_mode``):
-``raw_logprobs`` are the base model's whatever the temperature, ``processed_logprobs`` are those
-of the distribution the token was drawn from (after temperature; no other processing is asked
-for). At temperature 1 both are the base log-probs. At another temperature
-
-* a ``processed_logprobs`` engine gives the exact proposal log-probs, and the base ones come
-  from scoring the drawn sequences with ``prompt_logprobs=0`` (vLLM computes prompt log-probs
-  from the raw logits in every mode), one extra prefill per distinct sequence;
-* a ``raw_logprobs`` engine gives the base log-probs only: its continuations carry no
-  ``proposal_logprobs``, and the MCMC sampler, which needs them, refuses to run
-  (``returns_proposal_logprobs`` is False). Nothing is approximated.
-
+Base and proposal log-probs: vLLM returns one kind per engine (``logprobs_mode``), the base or
+the drawn distribution's; how each mode gives both, at any temperature, is in :mod:`.logprobs`.
 ``from_pretrained`` builds a ``processed_logprobs`` engine, so every sampler runs on it.
 
 Constrained outputs (``constraint=``, one matcher per prefix, positioned after the tokens the
@@ -34,27 +24,20 @@ allowed ones renormalised (at the temperature), base log-probs unnormalised, ``l
 summed log allowed mass, a dead end cutting the continuation (mass -inf), and ``top_k`` ranking
 only allowed tokens by base log-prob (any k, not capped by ``max_logprobs``). vLLM's structured
 outputs cannot give that (they start the grammar at the first output token and report no
-mass), so a logits processor of this package applies the masks
-(:mod:`.vllm_constraints`). Under a constraint the drawn log-probs are the masked ones in a
-``processed_logprobs`` engine (base = drawn + mass at temperature 1, rescored otherwise) and the
-base ones in a ``raw_logprobs`` engine (proposal = base - mass at temperature 1, none otherwise).
+mass), so a logits processor of this package applies the masks (:mod:`.constraints`).
 
 Supported where the processor can run: an engine built with it (``from_pretrained`` adds it on
 vLLM's V1 model runner), its engine core and worker in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, one device). Elsewhere (vLLM's V2 model runner, the
 default multiprocess engine, tensor or pipeline parallelism, Ray) a constraint is refused with
 an error that names the missing piece; unconstrained calls run everywhere.
-
-Over 400 lines: the two protocol calls, their log-prob bookkeeping in both modes, with and
-without a constraint, and the engine checks read best together.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,27 +45,22 @@ from ..base import (
     Continuation,
     SampleOutput,
     StopCondition,
+    TokenIds,
     TopK,
     TopKOutput,
-    budgets,
-    check_constraint,
-    validate_prefixes,
 )
-from ..hf_text import HFText
+from ..hf_text import HFBackend, stop_ids
+from .logprobs import LOGPROBS_MODES, Seq, continuation, cut, from_completion
 
 if TYPE_CHECKING:
     from ...constraints import Matcher
     from .constraints import Call
 
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
-"""Chat end-of-turn tokens that end a continuation whenever the vocabulary has them."""
-Seq = tuple[int, ...]
-LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
 DEFAULT_MAX_LOGPROBS = 64
 """``max_logprobs`` of engines built by :meth:`VLLMBackend.from_pretrained` (vLLM's own is 20)."""
 
 
-class VLLMBackend(HFText):
+class VLLMBackend(HFBackend):
     """A :class:`~power_sampling.backends.base.TextBackend` over a ``vllm.LLM`` engine.
 
     Build it with :meth:`from_pretrained` (a hub id or a local folder, plus any engine
@@ -92,11 +70,11 @@ class VLLMBackend(HFText):
     calls, so threads can share one backend.
     """
 
-    def __new__(cls, llm: Any, **kwargs: Any) -> VLLMBackend:
-        # Without a tokenizer, build the token-id-only variant (see _TokenIdsVLLMBackend).
-        no_tokenizer = bool(getattr(_model_config(llm), "skip_tokenizer_init", False))
-        kind = _TokenIdsVLLMBackend if no_tokenizer and cls is VLLMBackend else cls
-        return super().__new__(kind)
+    no_text = (
+        "this VLLMBackend's engine was built with skip_tokenizer_init=True, so it has no "
+        "{name}(); build the engine with its tokenizer, or pass token ids"
+    )
+    build_with_text = "build the engine without skip_tokenizer_init"
 
     def __init__(
         self,
@@ -122,7 +100,11 @@ class VLLMBackend(HFText):
         if isinstance(path, list | tuple):
             path = path[0]
         self.name: str = str(path).rstrip("/").split("/")[-1]
-        self.stop = StopCondition(frozenset(self._stop_ids(config, stop_token_ids or ())))
+        generation = config.try_get_generation_config() or {}
+        eos = [getattr(config.hf_config, "eos_token_id", None), generation.get("eos_token_id")]
+        end_ids = stop_ids(eos, self.tokenizer, stop_token_ids or (), self.vocab_size)
+        self.stop: StopCondition = StopCondition(end_ids)
+        self._set_text(self.tokenizer, self.name)
         self._lock = threading.RLock()
 
     @property
@@ -160,7 +142,7 @@ class VLLMBackend(HFText):
             ) from error
         engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         engine_kwargs.setdefault("max_logprobs", DEFAULT_MAX_LOGPROBS)
-        if _v1_model_runner():  # the constraint's logits processor (see vllm_constraints)
+        if _v1_model_runner():  # the constraint's logits processor (see .constraints)
             processors = list(engine_kwargs.get("logits_processors") or [])
             engine_kwargs["logits_processors"] = [*processors, _PROCESSOR]
         try:
@@ -172,38 +154,20 @@ class VLLMBackend(HFText):
             ) from error
         return cls(llm, name=name_or_path)
 
-    def _stop_ids(self, config: Any, extra: Sequence[int]) -> set[int]:
-        """EOS ids of the model config, generation config and tokenizer, end-of-turn tokens,
-        ``extra``."""
-        ids = {int(t) for t in extra}
-        generation = config.try_get_generation_config() or {}
-        for eos in (
-            getattr(config.hf_config, "eos_token_id", None),
-            generation.get("eos_token_id"),
-        ):
-            ids.update([eos] if isinstance(eos, int) else eos or [])
-        if self.tokenizer is not None:
-            if self.tokenizer.eos_token_id is not None:
-                ids.add(int(self.tokenizer.eos_token_id))
-            vocab = self.tokenizer.get_vocab()
-            ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
-        return {i for i in ids if 0 <= i < self.vocab_size}
-
     # -- the protocol ------------------------------------------------------------------------
 
-    def top_k(
+    def _top_k(
         self,
-        prefixes: Sequence[Sequence[int]],
+        prefixes: list[TokenIds],
         k: int,
         *,
-        keep_cache: bool = False,
-        constraint: Sequence[Any] | None = None,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
     ) -> TopKOutput:
         from vllm import SamplingParams
 
         from .constraints import registered
 
-        validate_prefixes(prefixes, self.vocab_size)
         calls = self._calls(constraint, len(prefixes), k)
         if k < 1:
             raise ValueError(f"k={k} is invalid: ask for at least one token")
@@ -215,9 +179,8 @@ class VLLMBackend(HFText):
                 f"the engine with max_logprobs >= {k} (VLLMBackend.from_pretrained(..., "
                 f"max_logprobs={k}))"
             )
-        requests = [tuple(int(t) for t in p) for p in prefixes]
         # Unconstrained prefixes are asked once each; constrained ones carry their own matcher.
-        distinct = list(dict.fromkeys(requests[i] for i in free))
+        distinct = list(dict.fromkeys(prefixes[i] for i in free))
         mine = [i for i in range(len(prefixes)) if calls[i] is not None]
         ranked = SamplingParams(max_tokens=1, temperature=1.0, logprobs=k, seed=0, **_QUIET)
         with registered([None] * len(distinct) + [calls[i] for i in mine]) as extras:
@@ -225,13 +188,13 @@ class VLLMBackend(HFText):
                 SamplingParams(max_tokens=1, temperature=1.0, seed=0, extra_args=e, **_QUIET)
                 for e in extras[len(distinct) :]
             ]
-            outputs, forward = self._generate(distinct + [requests[i] for i in mine], params)
+            outputs, forward = self._generate(distinct + [prefixes[i] for i in mine], params)
         found = {}
         for prefix, output in zip(distinct, outputs, strict=False):
             best = sorted(output.outputs[0].logprobs[0].items(), key=lambda kv: kv[1].rank)
             pairs = [(int(t), float(lp.logprob)) for t, lp in best if lp.rank <= k][:k]
             found[prefix] = TopK(tuple(t for t, _ in pairs), tuple(v for _, v in pairs))
-        entries = {i: found[requests[i]] for i in free}
+        entries = {i: found[prefixes[i]] for i in free}
         for i in mine:
             call = calls[i]
             assert call is not None
@@ -240,36 +203,23 @@ class VLLMBackend(HFText):
             entries[i] = TopK(*call.top)  # type: ignore[misc]
         return TopKOutput([entries[i] for i in range(len(prefixes))], forward)
 
-    def sample(
+    def _sample(
         self,
-        prefixes: Sequence[Sequence[int]],
+        prefixes: list[TokenIds],
         n: int,
-        max_new_tokens: int | Sequence[int],
+        limits: list[int],
         *,
         seed: int,
-        temperature: float = 1.0,
-        stop: StopCondition | None = None,
-        keep_cache: bool = False,
-        constraint: Sequence[Any] | None = None,
+        temperature: float,
+        stop: StopCondition,
+        keep_cache: bool,
+        constraint: Sequence[Matcher | None] | None,
     ) -> SampleOutput:
         from vllm import SamplingParams
 
         from .constraints import registered
 
-        validate_prefixes(prefixes, self.vocab_size)
         calls = self._calls(constraint, len(prefixes))
-        limits = budgets(max_new_tokens, len(prefixes))
-        if n < 0 or min(limits, default=0) < 0:
-            raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 0")
-        if not temperature > 0:
-            raise ValueError(f"temperature={temperature} is invalid: use a value > 0")
-        stop = self.stop if stop is None else stop
-        if stop.strings and self.tokenizer is None:
-            raise ValueError(
-                "this backend has no tokenizer, so it cannot match stop strings; pass stop "
-                "token ids, or build the engine without skip_tokenizer_init"
-            )
-        requests = [tuple(int(t) for t in p) for p in prefixes]
         seeds = _seeds(seed, len(prefixes))
         empty = Continuation((), 0.0, False)
         grouped: list[list[Continuation]] = [[empty] * n for _ in prefixes]
@@ -293,51 +243,30 @@ class VLLMBackend(HFText):
                 )
                 for i, extra in zip(run, extras, strict=True)
             ]
-            outputs, forward = self._generate([requests[i] for i in run], params)
+            outputs, forward = self._generate([prefixes[i] for i in run], params)
         drawn = {
-            i: [_cut(_drawn(c, stop), calls[i]) for c in out.outputs]
+            i: [cut(from_completion(c, stop), calls[i]) for c in out.outputs]
             for i, out in zip(run, outputs, strict=True)
         }
         rescore = temperature != 1.0 and self.logprobs_mode == "processed_logprobs"
         scores: dict[Seq, list[float]] = {}
         if rescore:  # the drawn log-probs are the proposal's; score the base ones
             sequences = [
-                requests[i] + r.tokens for i, rows in drawn.items() for r in rows if r.tokens
+                prefixes[i] + r.tokens for i, rows in drawn.items() for r in rows if r.tokens
             ]
             scores, scored = self._score(sequences)
             forward += scored
         for i, rows in drawn.items():
-            grouped[i] = [self._continuation(requests[i], r, temperature, scores) for r in rows]
+            grouped[i] = [
+                continuation(self.logprobs_mode, prefixes[i], r, temperature, scores) for r in rows
+            ]
         return SampleOutput(grouped, forward)
-
-    def _continuation(
-        self, prefix: Seq, drawn: _Drawn, temperature: float, scores: dict[Seq, list[float]]
-    ) -> Continuation:
-        """Base and proposal log-probs of one drawn continuation. Under a constraint vLLM draws
-        from the masked logits: ``processed_logprobs`` are the masked, renormalised ones
-        (base = proposal + log allowed mass at temperature 1), ``raw_logprobs`` the base ones."""
-        tokens, logprobs, masses = drawn.tokens, drawn.logprobs, drawn.masses
-        proposal: Sequence[float] = ()
-        if self.logprobs_mode == "raw_logprobs":
-            base = logprobs
-            if temperature == 1.0:
-                proposal = [lp - m for lp, m in zip(logprobs, masses, strict=True)]
-        elif temperature == 1.0:
-            base, proposal = [lq + m for lq, m in zip(logprobs, masses, strict=True)], logprobs
-        else:  # the drawn log-probs are the proposal's; the base ones come from rescoring
-            base = scores[prefix + tokens][-len(tokens) :] if tokens else []
-            proposal = logprobs
-        log_mass = -math.inf if drawn.dead else float(sum(masses))
-        return Continuation(
-            tokens, sum(base), drawn.finished, tuple(base), tuple(proposal), log_mass
-        )
 
     def _calls(
         self, constraint: Sequence[Matcher | None] | None, count: int, k: int = 0
     ) -> list[Call | None]:
         """One processor call per prefix (None where unconstrained); refuses an engine that
         cannot run the constraint's logits processor, saying why."""
-        check_constraint(constraint, count)
         if constraint is None or all(m is None for m in constraint):
             return [None] * count
         from ...constraints import Matcher
@@ -389,25 +318,6 @@ class VLLMBackend(HFText):
         return outputs, forward
 
 
-class _TokenIdsVLLMBackend(VLLMBackend):
-    """What :class:`VLLMBackend` becomes over an engine built with ``skip_tokenizer_init=True``.
-
-    The text methods are None on the class, so ``isinstance(b, TextBackend)`` is False and
-    samplers treat it as a token-id backend; reading one raises an AttributeError that names
-    the fix.
-    """
-
-    encode = decode = apply_chat_template = None  # type: ignore[assignment]
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in ("encode", "decode", "apply_chat_template"):
-            raise AttributeError(
-                f"this VLLMBackend's engine was built with skip_tokenizer_init=True, so it has "
-                f"no {name}(); build the engine with its tokenizer, or pass token ids"
-            )
-        return super().__getattribute__(name)
-
-
 _QUIET: dict[str, Any] = {"detokenize": False, "ignore_eos": True}
 
 
@@ -435,35 +345,3 @@ def _seeds(seed: int, count: int) -> list[int]:
     practice."""
     state = np.random.SeedSequence(int(seed) % 2**128).generate_state(max(count, 1), np.uint64)
     return [int(s) >> 2 for s in state[:count]]
-
-
-class _Drawn(NamedTuple):
-    """One vLLM completion: tokens, their drawn log-probs, the finished flag, and under a
-    constraint the log allowed mass of each step and whether it hit a dead end."""
-
-    tokens: Seq
-    logprobs: list[float]
-    finished: bool
-    masses: list[float]
-    dead: bool = False
-
-
-def _drawn(completion: Any, stop: StopCondition) -> _Drawn:
-    """A vLLM completion as drawn. vLLM checks the length budget before stop tokens, so a stop
-    token drawn last reads "length": the flag comes from the tokens themselves too."""
-    tokens = tuple(int(t) for t in completion.token_ids)
-    logprobs = [float(step[t].logprob) for t, step in zip(tokens, completion.logprobs, strict=True)]
-    finished = completion.finish_reason == "stop" or bool(tokens and tokens[-1] in stop.token_ids)
-    return _Drawn(tokens, logprobs, finished, [0.0] * len(tokens))
-
-
-def _cut(drawn: _Drawn, call: Call | None) -> _Drawn:
-    """With the constraint's masses; a continuation that reached a dead end ends there,
-    unfinished (the processor let it draw freely after it)."""
-    if call is None:
-        return drawn
-    masses, dead = call.walk(drawn.tokens)
-    if not dead:
-        return drawn._replace(masses=masses)
-    keep = len(masses)
-    return _Drawn(drawn.tokens[:keep], drawn.logprobs[:keep], False, masses, True)
