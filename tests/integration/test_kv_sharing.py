@@ -79,9 +79,9 @@ def test_whole_row_buffers_sample_exactly_what_assembled_rows_do(
     """Decoding into a growing buffer (the default for small layers, grown here several times:
     a 20-token prompt, 150 new tokens) draws the same tokens with the same log-probs as
     assembling the whole rows afresh at every step (WHOLE_ROWS_BYTES = 0)."""
-    from power_sampling.backends.transformers import kv_shared
     from power_sampling.backends.base import StopCondition
     from power_sampling.backends.random_models import random_backend
+    from power_sampling.backends.transformers import kv_shared
 
     prompts = [[3 + i % 50 for i in range(20)], [7 + i % 30 for i in range(9)]]
     never = StopCondition()  # every row runs its whole budget
