@@ -200,10 +200,10 @@ class BaseBackend(ABC):
     ``top_k`` and ``sample`` reject empty prefixes, ids outside the vocabulary and a constraint
     list that does not give one matcher (or None) per prefix; ``sample`` also turns
     ``max_new_tokens`` into one budget per prefix and ``stop=None`` into the model's own
-    :attr:`stop`, then calls :meth:`_check_sample` for a subclass's own checks. Subclasses
-    implement ``_top_k`` and ``_sample``, which receive every prefix as a tuple of ints.
-    A wrapper that delegates to another backend (:class:`~.ignore_eos.IgnoreEOS`) is not one:
-    the backend it wraps checks the call.
+    :attr:`stop`. :meth:`_check_top_k` and :meth:`_check_sample` hold a subclass's own checks.
+    Subclasses implement ``_top_k`` and ``_sample``, which receive every prefix as a tuple of
+    ints. A wrapper that delegates to another backend (:class:`~.ignore_eos.IgnoreEOS`) is not
+    one: the backend it wraps checks the call.
     """
 
     if TYPE_CHECKING:  # a subclass's, as an attribute or a property
@@ -225,6 +225,7 @@ class BaseBackend(ABC):
         """See :meth:`Backend.top_k`."""
         validate_prefixes(prefixes, self.vocab_size)
         check_constraint(constraint, len(prefixes))
+        self._check_top_k(k)
         return self._top_k(_token_ids(prefixes), k, keep_cache=keep_cache, constraint=constraint)
 
     def sample(
@@ -255,6 +256,10 @@ class BaseBackend(ABC):
             keep_cache=keep_cache,
             constraint=constraint,
         )
+
+    def _check_top_k(self, k: int) -> None:
+        """A subclass's own checks of a ``top_k`` call; none by default."""
+        return None
 
     def _check_sample(
         self,

@@ -108,8 +108,8 @@ class HFBackend(BaseBackend):
     ``isinstance(backend, TextBackend)`` is False and samplers treat it as a token-id backend
     (they would decode otherwise); reading one raises an AttributeError that names the fix
     (:attr:`no_text`, with ``{name}`` the method), and a stop string is refused (naming
-    :attr:`build_with_text`). ``sample`` also refuses a negative count or budget and a
-    temperature that is not positive.
+    :attr:`build_with_text`). ``top_k`` refuses ``k < 1``, and ``sample`` a negative count or
+    budget and a temperature that is not positive.
     """
 
     no_text: ClassVar[str]
@@ -130,6 +130,10 @@ class HFBackend(BaseBackend):
         if name in TEXT_METHODS:
             raise AttributeError(self.no_text.format(name=name))
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _check_top_k(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"k={k} is invalid: ask for at least one token")
 
     def _check_sample(
         self,

@@ -160,8 +160,6 @@ class TransformersBackend(ModelRuns, HFBackend):
         keep_cache: bool,
         constraint: Sequence[Matcher | None] | None,
     ) -> TopKOutput:
-        if k < 1:
-            raise ValueError(f"k={k} is invalid: ask for at least one token")
         kept: list[Rows] = []
 
         def run(chunk: range) -> tuple[list[TopK], int]:

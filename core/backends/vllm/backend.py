@@ -169,8 +169,6 @@ class VLLMBackend(HFBackend):
         from .constraints import registered
 
         calls = self._calls(constraint, len(prefixes), k)
-        if k < 1:
-            raise ValueError(f"k={k} is invalid: ask for at least one token")
         k = min(k, self.vocab_size)
         free = [i for i in range(len(prefixes)) if calls[i] is None]
         if k > self.max_logprobs and free:
