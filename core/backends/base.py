@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
+
 if TYPE_CHECKING:
     from ..constraints import Matcher
 
@@ -143,7 +145,7 @@ class Backend(Protocol):
         n: int,
         max_new_tokens: int | Sequence[int],
         *,
-        seed: int,
+        seed: int | Sequence[int],
         temperature: float = 1.0,
         stop: StopCondition | None = None,
         keep_cache: bool = False,
@@ -153,7 +155,10 @@ class Backend(Protocol):
 
         ``max_new_tokens`` is one budget for all prefixes or one per prefix.
         Tokens are drawn at ``temperature`` (1.0 = the base model) without top-k/top-p
-        truncation; ``seed`` makes the call reproducible. ``stop`` replaces the model's own
+        truncation. ``seed`` is one per prefix, or one for the call from which the prefixes'
+        seeds are derived (:func:`prefix_seeds`); a prefix's continuations depend on its own
+        seed only, never on the other prefixes of the call, so calls of several requests can be
+        merged without changing what any of them draws. ``stop`` replaces the model's own
         end condition when given (callers usually pass ``backend.stop | extra``).
         ``constraint``: per prefix, a matcher at its end (forked per continuation, never advanced
         itself); tokens are drawn from the allowed ones, renormalised.
@@ -234,7 +239,7 @@ class BaseBackend(ABC):
         n: int,
         max_new_tokens: int | Sequence[int],
         *,
-        seed: int,
+        seed: int | Sequence[int],
         temperature: float = 1.0,
         stop: StopCondition | None = None,
         keep_cache: bool = False,
@@ -244,13 +249,14 @@ class BaseBackend(ABC):
         validate_prefixes(prefixes, self.vocab_size)
         check_constraint(constraint, len(prefixes))
         limits = budgets(max_new_tokens, len(prefixes))
+        seeds = prefix_seeds(seed, len(prefixes))
         stop = self.stop if stop is None else stop
         self._check_sample(n, max_new_tokens, limits, temperature, stop)
         return self._sample(
             _token_ids(prefixes),
             n,
             limits,
-            seed=seed,
+            seeds=seeds,
             temperature=temperature,
             stop=stop,
             keep_cache=keep_cache,
@@ -291,13 +297,14 @@ class BaseBackend(ABC):
         n: int,
         limits: list[int],
         *,
-        seed: int,
+        seeds: list[int],
         temperature: float,
         stop: StopCondition,
         keep_cache: bool,
         constraint: Sequence[Matcher | None] | None,
     ) -> SampleOutput:
-        """``sample`` after the checks, with one budget per prefix and the stop condition."""
+        """``sample`` after the checks, with one budget and one seed per prefix and the stop
+        condition."""
 
 
 def _token_ids(prefixes: Sequence[Sequence[int]]) -> list[TokenIds]:
@@ -311,6 +318,19 @@ def budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
     out = [int(b) for b in max_new_tokens]
     if len(out) != count:
         raise ValueError(f"got {len(out)} token budgets for {count} prefixes; pass one per prefix")
+    return out
+
+
+def prefix_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """One seed per prefix: ``seed`` itself when it is a sequence, else derived from the call's
+    seed. Derived seeds are spread over 62 bits, so that per-continuation seeds built on them
+    (vLLM gives the ``n`` children of a request ``seed + i``) of different prefixes never meet."""
+    if isinstance(seed, int | np.integer):
+        state = np.random.SeedSequence(int(seed) % 2**128).generate_state(max(count, 1), np.uint64)
+        return [int(s) >> 2 for s in state[:count]]
+    out = [int(s) for s in seed]
+    if len(out) != count:
+        raise ValueError(f"got {len(out)} seeds for {count} prefixes; pass one per prefix")
     return out
 
 

@@ -120,7 +120,7 @@ class ScriptedLM(BaseBackend):
         n: int,
         limits: list[int],
         *,
-        seed: int,
+        seeds: list[int],
         temperature: float,
         stop: StopCondition,
         keep_cache: bool,

@@ -130,19 +130,19 @@ class TableLM(BaseBackend):
         n: int,
         limits: list[int],
         *,
-        seed: int,
+        seeds: list[int],
         temperature: float,
         stop: StopCondition,
         keep_cache: bool,
         constraint: Sequence[Matcher | None] | None,
     ) -> SampleOutput:
-        rng = np.random.default_rng(seed)
         out = []
         steps = 0
         for i, (prefix, budget) in enumerate(zip(prefixes, limits, strict=True)):
             rows = []
             start = constraint[i] if constraint else None
-            for _ in range(n):
+            for child in range(n):
+                rng = np.random.default_rng((seeds[i], child))  # this row's own stream
                 matcher = None if start is None else start.fork()
                 seq = list(prefix)
                 tokens: list[int] = []

@@ -75,14 +75,26 @@ def add_parser(subparsers: Any) -> None:
         "embedded model's name)",
     )
     group.add_argument(
-        "--max-batch", type=int, default=8, help="requests batched into one sampler run [8]"
+        "--max-batch",
+        type=int,
+        default=64,
+        help="requests running at once, their model calls merged at every step [64]",
     )
     group.add_argument(
         "--batch-window",
         type=float,
         default=0.005,
         metavar="SECONDS",
-        help="how long the first request waits for others to share its batch [0.005]",
+        help="how long a step's model call waits for running requests that are still busy "
+        "to join it [0.005]",
+    )
+    group.add_argument(
+        "--max-kv-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="KV slots (rows x tokens) the running requests may hold together; beyond it "
+        "requests wait [no limit]",
     )
     group.add_argument(
         "--max-queue",
@@ -236,7 +248,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "choose GPUs with CUDA_VISIBLE_DEVICES"
         )
     check_model_arguments(args)
-    for name in ("max_batch", "max_queue", "replicas"):
+    for name in ("max_batch", "max_queue", "replicas", "max_kv_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}: use 1 or more")
@@ -246,7 +258,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from ..serving import LocalEngine, create_app
     except ImportError as exc:
         raise UsageError(str(exc)) from None
-    options = dict(window=args.batch_window, max_batch=args.max_batch, max_queue=args.max_queue)
+    options = dict(
+        window=args.batch_window,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_kv_tokens=args.max_kv_tokens,
+    )
     engine: Any
     if args.replicas:
         from ..serving.replicas import RayEngine

@@ -1,47 +1,52 @@
-"""One worker per model: queued requests, batched when they share settings, streamed to callers.
+"""One engine per model: every request in flight advances together, its model calls merged.
 
-Every adapter (LangChain, DSPy, the HTTP server) hands its :class:`~power_sampling.Request` to
-the :class:`Scheduler` of its backend (:func:`scheduler_for`), so requests from any of them that
-arrive together share one batched sampler run, and the model runs one batch at a time.
+Every entry point (LangChain, DSPy, the HTTP server, Ray replicas) hands its
+:class:`~power_sampling.request.Request` to the :class:`Scheduler` of its backend
+(:func:`scheduler_for`). Each admitted request runs its sampler in a thread of its own, against
+a lane of the scheduler's :class:`~.batcher.Batcher`, which merges the model calls of all
+running requests at every step (continuous batching): a request joins the running batch at its
+first call and leaves it when it ends, so nobody waits for another request to finish.
 
-- Requests queued within ``window`` seconds with equal settings (:attr:`Request.batch_key`) run
-  as one batch of at most ``max_batch``. A request with a seed runs alone, so its output does
-  not depend on what else was queued.
-- A bad prompt fails its own request, never its batch.
+- A request's random numbers come from its own seed (or fresh entropy), and every prefix of a
+  merged call carries its own seed, so a seeded request gives the same output alone or among
+  others (up to batched arithmetic; see the docs' "Concurrency").
+- Admission: at most ``max_batch`` requests run at once, and their KV footprint (rows × tokens,
+  :func:`footprint`) stays within ``max_kv_tokens`` when one is set; beyond that requests wait
+  in a queue of ``max_queue``, and one more raises :class:`QueueFull` at once. A request whose
+  own footprint exceeds the budget can never run: ``ValueError`` with the numbers.
+- A bad prompt fails its own request only.
 - :meth:`Scheduler.submit` returns a :class:`Job` at once; ``Job.cancel()`` (also called when a
-  caller stops reading a stream or an ``await`` is cancelled) stops the request at the sampler's
-  next step and frees its place.
-- At most ``max_queue`` requests wait; one more raises :class:`QueueFull` at once instead of
-  waiting without bound.
-- The worker thread starts on demand and exits after a minute without work.
+  caller stops reading a stream or an ``await`` is cancelled) stops the request at its next
+  model call and frees its place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import copy
 import logging
 import queue
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backends.base import Backend
+from ..config import PowerSamplingConfig
 from ..generation import Chunk, Generation
 from ..request import Request
 from ..samplers.power_sampler import PowerSampler
+from .batcher import Batcher, Cancelled, Lane
 
-__all__ = ["Job", "QueueFull", "Scheduler", "scheduler_for"]
+__all__ = ["Job", "QueueFull", "Scheduler", "footprint", "scheduler_for"]
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
-_IDLE_EXIT = 60.0  # seconds an idle worker waits before its thread exits
-_ANNOUNCED_WAIT = 1.0  # seconds the worker waits for requests announced by expect()
 
 
 class QueueFull(RuntimeError):
@@ -56,9 +61,10 @@ class Job:
     on_chunk: Callable[[Chunk], None] | None = None
     future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
     _cancelled: threading.Event = field(default_factory=threading.Event)
+    _slots: int = 0
 
     def cancel(self) -> None:
-        """Stop this request at the sampler's next step (or before it starts)."""
+        """Stop this request at its next model call (or before it starts)."""
         self._cancelled.set()
         self.future.cancel()
 
@@ -67,61 +73,80 @@ class Job:
         return self._cancelled.is_set()
 
 
+def rows(config: PowerSamplingConfig) -> int:
+    """The most sequences one request of ``config`` decodes at once."""
+    if config.method == "power":
+        return max(config.num_candidates, config.top_k * config.num_rollouts, 1)
+    if config.method == "best_of_n":
+        return config.best_of
+    if config.method == "smc":
+        return config.num_particles
+    return 1
+
+
+def footprint(config: PowerSamplingConfig, prompt_tokens: int) -> int:
+    """KV slots (rows × tokens) a request holds at most: every row of :func:`rows` as long as
+    the prompt, the output and a rollout past it."""
+    longest = prompt_tokens + config.max_new_tokens
+    if config.method == "power":
+        longest += config.rollout_length
+    return rows(config) * longest
+
+
 class Scheduler:
-    """Runs requests on one backend from a worker thread; see the module docstring."""
+    """Runs requests on one backend, their model calls merged; see the module docstring."""
 
     def __init__(
         self,
         backend: Backend | PowerSampler,
         *,
         window: float = 0.005,
-        max_batch: int = 8,
+        max_batch: int = 64,
         max_queue: int = 256,
+        max_kv_tokens: int | None = None,
     ) -> None:
         self.sampler = backend if isinstance(backend, PowerSampler) else PowerSampler(backend)
-        self.window, self.max_batch, self.max_queue = window, max_batch, max_queue
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._worker: threading.Thread | None = None
+        self.max_batch, self.max_queue, self.max_kv_tokens = max_batch, max_queue, max_kv_tokens
+        self.batcher = Batcher(self.sampler.backend, window=window)
         self._lock = threading.Lock()
-        self._run_lock = threading.Lock()
-        self._expected = 0  # requests announced by expect(), for the worker to wait for
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: set[Job] = set()
+        self._used = 0  # KV slots of the running requests
 
     @property
     def backend(self) -> Backend:
         return self.sampler.backend
 
+    @property
+    def active(self) -> int:
+        """Requests running or waiting."""
+        with self._lock:
+            return len(self._running) + len(self._waiting)
+
     # -- submitting ------------------------------------------------------------------------------
 
     def submit(self, request: Request, on_chunk: Callable[[Chunk], None] | None = None) -> Job:
-        """Queue ``request``; the returned job's future gets its ``Generation``."""
-        job = Job(request, on_chunk)
+        """Queue ``request``; the returned job's future gets its ``Generation``. A bad prompt,
+        or one that can never fit the KV budget, raises ``ValueError`` here."""
+        ids = self.sampler.encode_prompt(request.prompt)
+        self.sampler.check_fits(ids)
+        job = Job(replace(request, prompt=ids), on_chunk)
+        job._slots = footprint(request.config, len(ids))
+        if self.max_kv_tokens is not None and job._slots > self.max_kv_tokens:
+            raise ValueError(
+                f"the request needs {job._slots} KV slots ({rows(request.config)} rows of up "
+                f"to {job._slots // rows(request.config)} tokens) but the engine's budget is "
+                f"{self.max_kv_tokens}; ask for fewer tokens or a smaller budget of rows"
+            )
         with self._lock:
-            if self._queue.qsize() >= self.max_queue:
+            if len(self._waiting) >= self.max_queue:
                 raise QueueFull(
                     f"{self.max_queue} requests are already waiting for the model; retry later "
                     "(or raise max_queue)"
                 )
-            if self._worker is None:
-                self._queue = queue.Queue()
-                self._worker = threading.Thread(
-                    target=self._loop, args=(self._queue,), name="power-sampling", daemon=True
-                )
-                self._worker.start()
-            self._queue.put(job)
+            self._waiting.append(job)
+            self._admit()
         return job
-
-    @contextlib.contextmanager
-    def expect(self, count: int) -> Iterator[None]:
-        """Announce ``count`` requests about to be submitted from several threads (e.g. a
-        LangChain ``batch``): the worker waits up to a second for them, so they share one batch
-        even when the threads start slowly."""
-        with self._lock:
-            self._expected += count
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._expected -= count
 
     def generate(self, request: Request) -> Generation:
         """Run ``request`` and wait for its generation."""
@@ -174,77 +199,62 @@ class Scheduler:
             job.cancel()
 
     def close(self) -> None:
-        """Finish what is queued, then stop the worker thread (a later call starts a new one)."""
+        """Cancel what is waiting and wait for the running requests to end."""
         with self._lock:
-            worker, work, self._worker = self._worker, self._queue, None
-        if worker is not None:
-            work.put(_STOP)
-            worker.join()
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            running = list(self._running)
+        for job in waiting:
+            job.cancel()
+        for job in running:
+            with contextlib.suppress(Exception):
+                job.future.exception()
 
-    # -- the worker ------------------------------------------------------------------------------
+    # -- running ---------------------------------------------------------------------------------
 
-    def _loop(self, work: queue.Queue[Any]) -> None:
-        while True:
-            try:
-                job = work.get(timeout=_IDLE_EXIT)
-            except queue.Empty:
-                with self._lock:  # idle: exit (submit starts a new worker when needed)
-                    if work.empty() and self._worker is threading.current_thread():
-                        self._worker = None
-                        return
+    def _admit(self) -> None:
+        """Start waiting requests while they fit (under the lock)."""
+        while self._waiting and len(self._running) < self.max_batch:
+            job = self._waiting[0]
+            if job.cancelled:
+                self._waiting.popleft()
                 continue
-            if job is _STOP:
+            budget = self.max_kv_tokens
+            if budget is not None and self._running and self._used + job._slots > budget:
                 return
-            jobs, start = [job], time.monotonic()
-            while len(jobs) < self.max_batch:
-                announced = len(jobs) < min(self._expected, self.max_batch)
-                wait = start + (_ANNOUNCED_WAIT if announced else self.window) - time.monotonic()
-                if wait <= 0:
-                    break
-                try:
-                    more = work.get(timeout=wait)
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    work.put(_STOP)  # run what was collected, then stop
-                    break
-                jobs.append(more)
-            groups: dict[Any, list[Job]] = {}
-            for item in jobs:
-                seeded = item.request.config.seed is not None
-                groups.setdefault(object() if seeded else item.request.batch_key, []).append(item)
-            with self._run_lock:
-                for group in groups.values():
-                    self._run(group)
+            self._waiting.popleft()
+            self._running.add(job)
+            self._used += job._slots
+            # The lane joins now, so the next round waits for this request's first call.
+            lane = self.batcher.lane(job._cancelled.is_set)
+            threading.Thread(
+                target=self._run, args=(job, lane), name="power-sampling", daemon=True
+            ).start()
 
-    def _run(self, jobs: list[Job]) -> None:
-        ready: list[tuple[Job, Request]] = []
-        for job in jobs:  # a bad prompt fails its own request, not the batch
-            if job.cancelled or not job.future.set_running_or_notify_cancel():
-                continue
-            try:
-                ids = self.sampler.encode_prompt(job.request.prompt)
-                self.sampler.check_fits(ids)
-                ready.append((job, replace(job.request, prompt=ids)))
-            except Exception as exc:
-                job.future.set_exception(exc)
-        if not ready:
-            return
+    def _run(self, job: Job, lane: Lane) -> None:
         try:
-            requests = [request for _, request in ready]
-            for index, chunk in self.sampler.run(requests, lambda i: ready[i][0].cancelled):
-                job = ready[index][0]
-                if job.on_chunk is not None:
-                    job.on_chunk(chunk)
-                if chunk.generation is not None:
-                    job.future.set_result(chunk.generation)
-        except BaseException as exc:  # the callers' futures carry the error
-            for job, _ in ready:
+            if job.cancelled or not job.future.set_running_or_notify_cancel():
+                return
+            sampler = copy.copy(self.sampler)
+            sampler.backend = lane
+            try:
+                for _, chunk in sampler.run([job.request], lambda _: job.cancelled):
+                    if job.on_chunk is not None:
+                        job.on_chunk(chunk)
+                    if chunk.generation is not None:
+                        job.future.set_result(chunk.generation)
+            except Cancelled:
+                pass
+            except BaseException as exc:  # the caller's future carries the error
                 if not job.future.done():
                     job.future.set_exception(exc)
-        for job, _ in ready:  # cancelled while running
-            if not job.future.done():
+            if not job.future.done():  # cancelled while running
                 job.future.set_exception(concurrent.futures.CancelledError())
+        finally:
+            lane.close()
+            with self._lock:
+                self._running.discard(job)
+                self._used -= job._slots
+                self._admit()
 
 
 _SHARED: weakref.WeakValueDictionary[int, Scheduler] = weakref.WeakValueDictionary()

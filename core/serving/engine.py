@@ -6,9 +6,9 @@ queued (so a bad prompt or a full queue is known before a response starts), then
 choice. :class:`~.replicas.RayEngine` offers the same two methods over Ray actors.
 
 Every choice is a :class:`~power_sampling.engine.scheduler.Job` of the backend's
-:class:`~power_sampling.engine.scheduler.Scheduler`, so concurrent requests with equal settings
-share batched sampler runs. Leaving the event stream early (a client that disconnects, a cancelled
-task) cancels the call's jobs, which frees their places at the sampler's next step.
+:class:`~power_sampling.engine.scheduler.Scheduler`, so concurrent requests of any settings
+share the model's calls step by step. Leaving the event stream early (a client that disconnects,
+a cancelled task) cancels the call's jobs, which frees their places at their next model call.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ class Engine(Protocol):
 class LocalEngine:
     """Runs calls on ``backend`` (or a ``PowerSampler``'s backend) in this process.
 
-    ``window``, ``max_batch`` and ``max_queue`` configure the scheduler: requests arriving within
-    ``window`` seconds with equal settings run as one batch of at most ``max_batch``; beyond
-    ``max_queue`` waiting choices a call fails at once with
-    :class:`~power_sampling.engine.scheduler.QueueFull`.
+    ``window``, ``max_batch``, ``max_queue`` and ``max_kv_tokens`` configure the scheduler: at
+    most ``max_batch`` choices run at once (within ``max_kv_tokens`` KV slots), their model calls
+    merged in rounds of at most ``window`` seconds' wait; beyond ``max_queue`` waiting choices a
+    call fails at once with :class:`~power_sampling.engine.scheduler.QueueFull`.
     """
 
     def __init__(
@@ -70,10 +70,17 @@ class LocalEngine:
         backend: Backend | PowerSampler,
         *,
         window: float = 0.005,
-        max_batch: int = 8,
+        max_batch: int = 64,
         max_queue: int = 256,
+        max_kv_tokens: int | None = None,
     ) -> None:
-        self.scheduler = Scheduler(backend, window=window, max_batch=max_batch, max_queue=max_queue)
+        self.scheduler = Scheduler(
+            backend,
+            window=window,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            max_kv_tokens=max_kv_tokens,
+        )
         self._jobs: set[Job] = set()
         self._lock = threading.Lock()
         self._closed = False

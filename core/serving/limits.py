@@ -37,7 +37,7 @@ def forward_tokens(config: PowerSamplingConfig) -> int:
     if method == "best_of_n":
         return config.best_of * t
     if method == "smc":
-        return int(getattr(config, "num_particles", 1)) * t
+        return config.num_particles * t
     block = max(1, min(config.block_size, t))
     steps = math.ceil(t / block)
     if method == "mcmc":

@@ -10,8 +10,8 @@ every entry point's chats are), sampler output to ``AIMessage`` and tool calls (
 text protocol is in :mod:`.tool_calls`, shared fields in :mod:`.params`, message
 conversion in :mod:`.messages`). Requests run on the model's shared
 :class:`~power_sampling.engine.scheduler.Scheduler`, so concurrent calls (``batch``, agents,
-threads) share batched sampler runs, and every instance naming the same model shares one loaded
-copy.
+threads) share the model's calls step by step, and every instance naming the same model shares
+one loaded copy.
 Tool calls and structured output are constrained (:mod:`power_sampling.constraints.chat`): a
 forced ``tool_choice`` makes the reply exactly one ``<tool_call>`` whose arguments are valid
 under the tool's schema, ``"auto"`` lets it be text (without tool markup) or text and one valid
@@ -55,7 +55,7 @@ from .messages import (
     openai_tool,
     require_tool_call,
 )
-from .params import PowerSamplingParams, Stop, concurrency, cost, usage
+from .params import PowerSamplingParams, Stop, cost, usage
 
 __all__ = ["ChatPowerSampling", "PowerSamplingLLM"]
 
@@ -65,8 +65,8 @@ logger = logging.getLogger(__name__)
 class PowerSamplingLLM(PowerSamplingParams, BaseLLM):
     """A text-completion LLM (the raw prompt, no chat template) sampling with power sampling.
 
-    ``batch`` and ``generate`` submit every prompt at once, so they share batched sampler runs
-    (a seeded request runs on its own: its output equals ``invoke`` of the same prompt). For
+    ``batch`` and ``generate`` submit every prompt at once, so their model calls are merged (a
+    seeded prompt's output equals ``invoke`` of the same prompt all the same). For
     chat, tools and structured output use :class:`ChatPowerSampling`.
     """
 
@@ -181,17 +181,6 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
             gen = chunk.generation or gen
         assert gen is not None
         yield chat_chunk(self._reply(chat, splitter, [gen]))
-
-    def batch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[Any]:
-        """LangChain's ``batch``, with the inputs announced to the scheduler so that its threads'
-        requests share one batched sampler run."""
-        with self._scheduler().expect(concurrency(inputs, config)):
-            return super().batch(inputs, config, **kwargs)
-
-    async def abatch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[Any]:
-        """``abatch``, announced like :meth:`batch`."""
-        with self._scheduler().expect(concurrency(inputs, config)):
-            return await super().abatch(inputs, config, **kwargs)
 
     def bind_tools(
         self,

@@ -170,13 +170,6 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
         return Request(prompt, resolve_settings(self._config, settings), tuple(stops))
 
 
-def concurrency(inputs: list[Any], config: Any) -> int:
-    """How many of ``inputs`` LangChain runs at once (``max_concurrency`` of the config)."""
-    configs = config if isinstance(config, list) else [config or {}]
-    limits = [c.get("max_concurrency") for c in configs if isinstance(c, dict)]
-    return min([len(inputs), *(n for n in limits if n)])
-
-
 def usage(gens: Sequence[Generation], names: str = "input") -> Any:
     """Token counts with LangChain's chat names (``input``), or the LLM's ``token_usage`` ones
     (``prompt``)."""

@@ -76,7 +76,7 @@ def test_configurable_alpha_does_not_load_the_weights_again(tiny_model_dir: Path
 
 def test_chat_batch_of_four_shares_backend_calls(tiny_backend: Any) -> None:
     recording = RecordingBackend(tiny_backend)
-    llm = ChatPowerSampling(backend=recording, **SMALL, max_new_tokens=8)  # no seed: batchable
+    llm = ChatPowerSampling(backend=recording, **SMALL, max_new_tokens=8, seed=0)
     prompts = [f"Question {i}?" for i in range(4)]
     singles = []
     for prompt in prompts:
@@ -87,8 +87,9 @@ def test_chat_batch_of_four_shares_backend_calls(tiny_backend: Any) -> None:
     replies = llm.batch(prompts)
     together = len(recording.calls) - before
     assert len(replies) == 4
-    # The batch advances in lockstep: about the calls of its longest member, not the sum.
-    assert together < 2 * max(singles) and together < sum(singles)
+    # Seeded requests run together: their calls are merged step by step, so the batch makes
+    # about the calls of its longest member, not the sum.
+    assert together <= 2 * max(singles) and together < sum(singles)
 
 
 async def test_cancelled_ainvoke_stops_and_frees_the_model() -> None:

@@ -37,7 +37,7 @@ from test_constraints_exact import RANDOM_AUTOMATON, squeezed_branch
 from power_sampling import PowerSampler, PowerSamplingConfig, TableLM, exact
 from power_sampling.constraints import Constraint
 from power_sampling.exact import total_variation
-from power_sampling.fidelity import SHAPES
+from power_sampling.measure.fidelity import SHAPES
 
 PROMPT = (1,)
 ALPHA, LENGTH, RUNS = 4.0, 3, 1000

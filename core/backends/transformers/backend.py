@@ -38,7 +38,7 @@ from ..base import (
 )
 from ..hf_text import HFBackend, stop_ids
 from .chunks import in_chunks
-from .draws import bad_logits_message
+from .draws import bad_logits_message, row_uniforms
 from .kv_rows import KeptStore, Rows, share
 from .loading import load_pretrained
 from .masks import RowMasks
@@ -205,7 +205,7 @@ class TransformersBackend(ModelRuns, HFBackend):
         n: int,
         limits: list[int],
         *,
-        seed: int,
+        seeds: list[int],
         temperature: float,
         stop: StopCondition,
         keep_cache: bool,
@@ -227,14 +227,19 @@ class TransformersBackend(ModelRuns, HFBackend):
                     self.vocab_size,
                     self.device,
                 )
+            uniforms = row_uniforms(
+                [seeds[owner[r]] for r in chunk],
+                [r % n for r in chunk],
+                max((limits[i] for i in mine), default=0),
+                self.device,
+            )
             out, decoded, done = self._decode(
-                rows, [limits[i] for i in mine], generator, temperature, stop, keep_cache, masks
+                rows, [limits[i] for i in mine], uniforms, temperature, stop, keep_cache, masks
             )
             kept.extend([done] if done is not None else [])
             return out, forward + decoded
 
         with self._lock, torch.inference_mode():
-            generator = torch.Generator(self.device).manual_seed(int(seed) % 2**64)
             runs = self._runs
             parts = in_chunks(len(owner), run, self.max_batch_size, self.name)
             self._kept.remember(kept)

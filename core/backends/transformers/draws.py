@@ -3,8 +3,9 @@ what every continuation drew, copied to the host only at checks, and where each 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
+import numpy as np
 import torch
 
 from ..base import Continuation
@@ -110,24 +111,48 @@ def bad_logits_message(model_name: str) -> str:
     )
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of uint64 whose outputs look independent."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def row_uniforms(
+    seeds: Sequence[int], children: Sequence[int], length: int, device: torch.device
+) -> torch.Tensor:
+    """``[rows, length]`` uniforms in [0, 1): row r's stream depends on its prefix's seed and
+    its child index only (SplitMix64 from a row key), so a row draws the same tokens whatever
+    other rows share its batch. Computed on the host for all rows at once, then moved once."""
+    with np.errstate(over="ignore"):
+        keys = _mix(np.asarray(seeds, dtype=np.uint64) ^ _mix(np.asarray(children, np.uint64)))
+        steps = np.arange(1, max(length, 1) + 1, dtype=np.uint64) * _GOLDEN
+        bits = _mix(keys[:, None] + steps[None, :])
+    values = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return torch.from_numpy(values).to(device)
+
+
 def draw(
     logits: torch.Tensor,
     temperature: float,
-    generator: torch.Generator,
+    uniforms: torch.Tensor,
     logprobs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One token per row from softmax(logits / temperature), with its base and proposal
-    log-probs. Inverse-CDF sampling: one uniform per row and a search in the cumulative sums,
-    all on the device (no host sync), and much cheaper on the CPU than racing exponential noise
-    over the whole vocabulary. ``logprobs`` (base, proposal) replace the ones computed
-    from ``logits`` (a constraint's masked proposal)."""
+    log-probs. Inverse-CDF sampling: the row's own uniform (``uniforms``, one per row) and a
+    search in the cumulative sums, all on the device (no host sync), and cheaper on the CPU
+    than racing exponential noise over the whole vocabulary. ``logprobs`` (base, proposal)
+    replace the ones computed from ``logits`` (a constraint's masked proposal)."""
     if logprobs is not None:
         logp, logq = logprobs
     else:
         logp = torch.log_softmax(logits, -1)
         logq = logp if temperature == 1.0 else scaled_log_softmax(logits, temperature)
     cdf = logq.exp().cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator)
+    u = uniforms[:, None].to(cdf.dtype)
     # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of
     # probability zero (its cumulative sum equals its predecessor's).
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(cdf.shape[1] - 1)

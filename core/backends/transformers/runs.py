@@ -106,7 +106,7 @@ class ModelRuns:
         self,
         rows: Rows,
         limits: list[int],
-        generator: torch.Generator,
+        uniforms: torch.Tensor,
         temperature: float,
         stop: StopCondition,
         keep: bool,
@@ -128,12 +128,12 @@ class ModelRuns:
         for step in range(draws.longest):
             assert rows.logits is not None
             if masks is None:
-                token, lp, lq = draw(rows.logits, temperature, generator)
+                token, lp, lq = draw(rows.logits, temperature, uniforms[:, step])
                 draws.record(live, step, token, lp, lq)
             else:
                 allowed, constrained = masks.allowed(live)
                 logp, logq, lm = masked_logprobs(rows.logits, allowed, constrained, temperature)
-                token, lp, lq = draw(rows.logits, temperature, generator, (logp, logq))
+                token, lp, lq = draw(rows.logits, temperature, uniforms[:, step], (logp, logq))
                 draws.record(live, step, token, lp, lq, lm)
                 masks.advance(live, token.tolist())
             drawn = step + 1
@@ -158,6 +158,7 @@ class ModelRuns:
                 break
             if 4 * (len(live) - len(stay)) >= len(live):  # compact when worth it
                 rows, live = select(rows, stay), [live[j] for j in stay]
+                uniforms = uniforms[torch.tensor(stay, device=uniforms.device)]
         if masks is None:
             return draws.continuations(), forward, concat(kept) if kept else None
         dead = []

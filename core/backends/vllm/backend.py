@@ -39,8 +39,6 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..base import (
     Continuation,
     SampleOutput,
@@ -207,7 +205,7 @@ class VLLMBackend(HFBackend):
         n: int,
         limits: list[int],
         *,
-        seed: int,
+        seeds: list[int],
         temperature: float,
         stop: StopCondition,
         keep_cache: bool,
@@ -218,7 +216,6 @@ class VLLMBackend(HFBackend):
         from .constraints import registered
 
         calls = self._calls(constraint, len(prefixes))
-        seeds = _seeds(seed, len(prefixes))
         empty = Continuation((), 0.0, False)
         grouped: list[list[Continuation]] = [[empty] * n for _ in prefixes]
         run = [i for i, limit in enumerate(limits) if n > 0 and limit > 0]
@@ -335,11 +332,3 @@ def _v1_model_runner() -> bool:
 
     chosen = envs.VLLM_USE_V2_MODEL_RUNNER
     return chosen is False or (chosen is None and not HAS_TRITON)
-
-
-def _seeds(seed: int, count: int) -> list[int]:
-    """One seed per prefix from the call's seed, spread over 62 bits so that vLLM's per-child
-    seeds (``seed + i`` for the ``n`` continuations) of different prefixes never overlap in
-    practice."""
-    state = np.random.SeedSequence(int(seed) % 2**128).generate_state(max(count, 1), np.uint64)
-    return [int(s) >> 2 for s in state[:count]]
