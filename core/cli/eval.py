@@ -116,8 +116,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Any, Any, Path]:
     """Validate flags, settings, task data and output files before the model loads."""
     from ..evals.records import prepare_output
+    from ..evals.stats import require_statistics
     from ..evals.tasks import get_task
 
+    require_statistics()  # a missing [eval] library fails here, not after the generations
     config = base.config_from_args(args)
     if args.verbose < 2:  # math-verify warns on every call that its signal timeouts are off
         logging.getLogger("math_verify").setLevel(logging.ERROR)

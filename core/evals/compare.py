@@ -28,7 +28,7 @@ from ..config import METHODS, PowerSamplingConfig
 from ..samplers.power_sampler import PowerSampler
 from .problems import Task
 from .runner import as_sampler, evaluate
-from .stats import _Z, CI_METHOD, EvalSummary
+from .stats import CI_METHOD, CONFIDENCE, EvalSummary, statistics_module
 from .tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -152,18 +152,22 @@ def paired_comparison(
     method: str, reference: str, a: dict[str, bool], b: dict[str, bool]
 ) -> Paired:
     """The paired difference of two methods' per-problem correctness (ids in both): a Wald
-    interval for the difference of paired proportions and McNemar's exact p-value."""
+    interval for the difference of paired proportions and McNemar's exact p-value
+    (``statsmodels.stats.contingency_tables.mcnemar``)."""
     ids = [i for i in a if i in b]
     if not ids:
         raise ValueError(f"{method} and {reference} share no problems to compare")
     n = len(ids)
+    both = sum(a[i] and b[i] for i in ids)
     only_a = sum(a[i] and not b[i] for i in ids)
     only_b = sum(b[i] and not a[i] for i in ids)
+    neither = n - both - only_a - only_b
     diff = (only_a - only_b) / n
     se = math.sqrt(max(only_a + only_b - n * diff * diff, 0.0)) / n
-    k, m = min(only_a, only_b), only_a + only_b
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
-    return Paired(method, reference, n, only_a, only_b, diff, diff - _Z * se, diff + _Z * se, p)
+    z = float(statistics_module("scipy.stats").norm.ppf(0.5 + CONFIDENCE / 2))
+    tables = statistics_module("statsmodels.stats.contingency_tables")
+    p = float(tables.mcnemar([[both, only_a], [only_b, neither]], exact=True).pvalue)
+    return Paired(method, reference, n, only_a, only_b, diff, diff - z * se, diff + z * se, p)
 
 
 def paired_table(paired: Sequence[Paired]) -> str:

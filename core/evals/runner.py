@@ -56,7 +56,7 @@ from .records import (
     sample_entry,
     settings_id,
 )
-from .stats import EvalSummary, summarize
+from .stats import EvalSummary, require_statistics, summarize
 from .tasks import get_task
 
 __all__ = ["EvalResult", "EvalSummary", "SettingsMismatchError", "evaluate"]
@@ -133,6 +133,7 @@ def evaluate(
         raise ValueError(f"batch_size={batch_size} is invalid: use an integer >= 1")
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} is invalid: use an integer >= 1 (or None for all)")
+    require_statistics()  # before any generation: a missing library fails now, not at the end
     sampler = as_sampler(model, config)
     config = config or sampler.config
     seed = 0 if config.seed is None else config.seed

