@@ -101,24 +101,13 @@ def _is_complete(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _build_lock(root: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on ``root`` across threads and processes while building the cache.
+def _build_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root`` across threads and processes while building the cache
+    (``filelock``, on every platform)."""
+    from filelock import FileLock
 
-    Yields True when the lock also excludes other processes (POSIX ``flock``); elsewhere only
-    threads are serialised, and the atomic rename alone keeps readers from seeing a partial folder.
-    """
-    with _thread_lock:
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            yield False
-            return
-        with open(root / f".{DEFAULT_MODEL}.lock", "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with _thread_lock, FileLock(root / f".{DEFAULT_MODEL}.lock"):
+        yield
 
 
 def _publish(staging: Path, final: Path) -> None:
@@ -131,7 +120,7 @@ def _publish(staging: Path, final: Path) -> None:
     try:
         os.replace(staging, final)
     except OSError:
-        # Another process published first (possible only without flock): keep its copy.
+        # The folder appeared in the meantime (a process that holds no lock): keep its copy.
         if not _is_complete(final):
             raise
 
@@ -153,12 +142,11 @@ def default_model_dir() -> Path:
         return final
     gguf = _gguf_path()
     root.mkdir(parents=True, exist_ok=True)
-    with _build_lock(root) as exclusive:
+    with _build_lock(root):
         if _is_complete(final):  # another process built it while we waited for the lock
             return final
-        if exclusive:  # leftovers of builds that were killed midway
-            for orphan in root.glob(f".{DEFAULT_MODEL}.*.tmp"):
-                shutil.rmtree(orphan, ignore_errors=True)
+        for orphan in root.glob(f".{DEFAULT_MODEL}.*.tmp"):  # builds killed midway
+            shutil.rmtree(orphan, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.", suffix=".tmp", dir=root))
         try:
             staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder

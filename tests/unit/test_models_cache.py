@@ -103,7 +103,8 @@ def test_failed_build_leaves_no_cache(cache: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(models, "_build", failing_build)
     with pytest.raises(RuntimeError, match="out of disk"):
         models.default_model_dir()
-    assert list(cache.iterdir()) == [cache / f".{models.DEFAULT_MODEL}.lock"]
+    # Only the lock file may remain (filelock removes it on release on some platforms).
+    assert [p.name for p in cache.iterdir()] in ([], [f".{models.DEFAULT_MODEL}.lock"])
 
 
 def test_missing_wheel_error_names_install_command(
