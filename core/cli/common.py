@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 from ..config import METHODS, PRESETS, PowerSamplingConfig
 from ..errors import error_message
+from ..progress import progress_bar, progress_wanted
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -260,7 +261,8 @@ def has_chat_template(backend: Backend) -> bool:
 
 
 def show_progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and sys.stderr.isatty()
+    """Progress bars unless ``-q``, and only when stderr is a terminal."""
+    return progress_wanted(args.quiet)
 
 
 def run_with_progress(
@@ -274,19 +276,9 @@ def run_with_progress(
 ) -> Generation:
     """Stream one generation, with a tqdm bar over committed tokens (out of
     ``max_new_tokens``) on stderr when ``progress``, and ``on_text`` called with each delta."""
-    from tqdm import tqdm
-
     total = kwargs.get("max_new_tokens") or sampler.config.max_new_tokens
     generation = None
-    with tqdm(
-        total=total,
-        unit="tok",
-        desc=description or None,
-        file=sys.stderr,
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
-    ) as bar:
+    with progress_bar(total, desc=description, unit="tok", progress=progress, leave=False) as bar:
         for chunk in sampler.stream(prompt, **kwargs):
             bar.update(len(chunk.token_ids))
             if on_text is not None and chunk.text:

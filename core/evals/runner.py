@@ -32,17 +32,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ..backends.base import Backend
 from ..config import PowerSamplingConfig
+from ..progress import progress_bar
 from ..samplers.power_sampler import PowerSampler
 from .graders import GradeResult
 from .problems import Problem, Task, choice_seed
@@ -179,14 +177,12 @@ def evaluate(
             len(todo),
         )
 
-    bar = tqdm(
-        total=len(problems),
+    bar = progress_bar(
+        len(problems),
         initial=len(problems) - len(todo),
         unit="problem",
         desc=f"{task.name} {config.method}",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
+        progress=progress,
     )
     index = {p.id: i for i, p in enumerate(problems)}
     prompts = {p.id: task.build_prompt(p, chat) for p in todo}

@@ -22,6 +22,7 @@ RANKS = {
     "text": 0,
     "config": 0,
     "errors": 0,
+    "progress": 0,
     "constraints": 1,
     "generation": 2,
     "request": 2,
