@@ -20,6 +20,7 @@ from .common import (
     config_from_args,
     load_backend,
     load_vllm_backend,
+    show_progress,
 )
 
 
@@ -125,6 +126,7 @@ def _cmd_bench(args: Any) -> int:
             parse_constraint(args.constraint),
             samples=args.samples,
             ignore_eos=args.ignore_eos or is_random(args.model),
+            progress=show_progress(args),
         )
         print(constraint_markdown(report))
         _write_json(args.json_out, report)
@@ -136,6 +138,7 @@ def _cmd_bench(args: Any) -> int:
         options=not args.no_options,
         ignore_eos=args.ignore_eos or is_random(args.model),
         replay=not args.no_replay,
+        progress=show_progress(args),
     )
     print(markdown(report))
     if lengths:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..progress import progress_bar
 from ..samplers.power_sampler import PowerSampler, Prompt
 from .critical_path import expected_sequential_steps
 from .hardware import hardware, peak_memory_mb
@@ -75,20 +76,26 @@ def run_method(
     prompts: Sequence[Prompt],
     seed: int,
     samples: int = 1,
+    *,
+    progress: bool = False,
     **overrides: Any,
 ) -> MethodResult:
     """Generate every prompt ``samples`` times, one generation at a time (latency per prompt, as
-    the paper reports); generation ``i`` uses seed ``seed + i`` whatever the method."""
+    the paper reports); generation ``i`` uses seed ``seed + i`` whatever the method. With
+    ``progress``, a tqdm bar on stderr counts the generations."""
     config = sampler.config.replace(**overrides)
     walls, forward, steps, completion, logliks = [], 0, 0, 0, []
-    for i, prompt in enumerate(p for p in prompts for _ in range(samples)):
-        start = time.perf_counter()
-        out = sampler.generate(prompt, seed=seed + i, **overrides)
-        walls.append(time.perf_counter() - start)
-        forward += out.stats.forward_tokens
-        steps += out.stats.sequential_steps
-        completion += len(out.token_ids)
-        logliks.append(out.logprob / max(len(out.token_ids), 1))
+    units = [p for p in prompts for _ in range(samples)]
+    with progress_bar(len(units), desc=name, unit="generation", progress=progress) as bar:
+        for i, prompt in enumerate(units):
+            start = time.perf_counter()
+            out = sampler.generate(prompt, seed=seed + i, **overrides)
+            walls.append(time.perf_counter() - start)
+            bar.update(1)
+            forward += out.stats.forward_tokens
+            steps += out.stats.sequential_steps
+            completion += len(out.token_ids)
+            logliks.append(out.logprob / max(len(out.token_ids), 1))
     return MethodResult(
         name=name,
         settings=config.model_dump(),
@@ -114,11 +121,13 @@ def run_bench(
     options: bool = True,
     ignore_eos: bool = False,
     replay: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run every method on the same prompts; return the measurements and their ratios.
 
     Text prompts are sent as chat messages; token-id prompts as they are. ``ignore_eos`` runs
-    every method to full length; ``replay`` adds the efficiency against ``model.generate``.
+    every method to full length; ``replay`` adds the efficiency against ``model.generate``;
+    ``progress`` draws a tqdm bar per method on stderr, counting its generations.
     """
     chat = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     cfg = sampler.config
@@ -146,7 +155,9 @@ def run_bench(
     for name, overrides in methods:
         # The power run goes through the recorder, so its model work can be replayed below.
         runner = PowerSampler(recorder, cfg) if name == "power" else sampler
-        results[name] = run_method(runner, name, chat, seed, samples, **overrides)
+        results[name] = run_method(
+            runner, name, chat, seed, samples, progress=progress, **overrides
+        )
     power, mcmc, standard = results["power"], results["mcmc"], results["standard"]
     report: dict[str, Any] = {
         "model": getattr(sampler.backend, "name", type(sampler.backend).__name__),

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..progress import progress_bar
 from ..samplers.power_sampler import PowerSampler, Prompt
 from .hardware import hardware
 from .workload import full_length
@@ -20,6 +21,7 @@ def constraint_overhead(
     seed: int = 0,
     samples: int = 1,
     ignore_eos: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The cost of a constraint (a :class:`~power_sampling.constraints.Constraint`): each
     method with and without it, alternately on the same prompts and seeds.
@@ -32,7 +34,8 @@ def constraint_overhead(
     candidates included: every one of them needs a mask under the constraint) both ways, the
     overhead per forward token and the ratio; and seconds per completion token, which also
     reflects that constrained outputs differ in length (a free output may end at once). The
-    first constrained call, which compiles the grammar, runs before timing.
+    first constrained call, which compiles the grammar, runs before timing. With ``progress``,
+    a tqdm bar per method on stderr counts its prompts (each run free and constrained).
     """
     if ignore_eos:
         sampler = full_length(sampler)
@@ -40,13 +43,16 @@ def constraint_overhead(
     rows = []
     for method in methods:
         totals = {"free": [0.0, 0, 0], "constrained": [0.0, 0, 0]}  # seconds, forward, output
-        for i, prompt in enumerate(p for p in prompts for _ in range(samples)):
-            for kind, given in (("free", None), ("constrained", constraint)):
-                start = time.perf_counter()
-                out = sampler.generate(prompt, seed=seed + i, method=method, constraint=given)
-                totals[kind][0] += time.perf_counter() - start
-                totals[kind][1] += out.stats.forward_tokens
-                totals[kind][2] += len(out.token_ids)
+        units = [p for p in prompts for _ in range(samples)]
+        with progress_bar(len(units), desc=method, unit="prompt", progress=progress) as bar:
+            for i, prompt in enumerate(units):
+                for kind, given in (("free", None), ("constrained", constraint)):
+                    start = time.perf_counter()
+                    out = sampler.generate(prompt, seed=seed + i, method=method, constraint=given)
+                    totals[kind][0] += time.perf_counter() - start
+                    totals[kind][1] += out.stats.forward_tokens
+                    totals[kind][2] += len(out.token_ids)
+                bar.update(1)
         free, held = totals["free"], totals["constrained"]
         per_free, per_held = free[0] / max(free[1], 1), held[0] / max(held[1], 1)
         rows.append(

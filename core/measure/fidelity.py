@@ -32,6 +32,7 @@ import numpy as np
 from .. import exact
 from ..backends.table import TableLM
 from ..config import PowerSamplingConfig
+from ..progress import progress_bar, progress_wanted
 from ..samplers import ScalablePowerSampler, SequenceState
 from .selection_rules import RULES
 
@@ -290,19 +291,34 @@ def grid(quick: bool) -> list[Setting]:
     return out
 
 
-def run(quick: bool = False, runs: int | None = None) -> list[Result]:
-    """Every setting of the grid on every shape."""
+def run(quick: bool = False, runs: int | None = None, progress: bool = False) -> list[Result]:
+    """Every setting of the grid on every shape (``progress``: a tqdm bar on stderr)."""
     runs = runs or (100 if quick else 300)
-    return [measure(shape, s, runs) for s in grid(quick) for shape in SHAPES]
+    return measure_all(
+        [(shape, s, "top-K") for s in grid(quick) for shape in SHAPES], runs, progress
+    )
 
 
-def compare_rules(runs: int | None = None) -> list[Result]:
+def compare_rules(runs: int | None = None, progress: bool = False) -> list[Result]:
     """Every selection rule at two block settings of equal real-model cost to the cpu presets
     (old and current), on every shape."""
     settings = [Setting(4.0, 2, 8, 2, 8), Setting(4.0, 2, 8, 2, 16)]
-    return [
-        measure(shape, s, runs or 200, rule) for s in settings for rule in RULES for shape in SHAPES
-    ]
+    units = [(shape, s, rule) for s in settings for rule in RULES for shape in SHAPES]
+    return measure_all(units, runs or 200, progress)
+
+
+def measure_all(
+    units: Sequence[tuple[str, Setting, str]], runs: int, progress: bool = False
+) -> list[Result]:
+    """:func:`measure` of each (shape, setting, rule), with a tqdm bar on stderr naming the
+    setting and shape being measured when ``progress``."""
+    results = []
+    with progress_bar(len(units), desc="fidelity", unit="setting", progress=progress) as bar:
+        for shape, setting, rule in units:
+            bar.set_postfix_str(f"{setting.label}, {rule} on {shape}", refresh=False)
+            results.append(measure(shape, setting, runs, rule))
+            bar.update(1)
+    return results
 
 
 def markdown(results: Sequence[Result]) -> str:
@@ -343,11 +359,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rules", action="store_true", help="compare the selection rules instead of the grid"
     )
     parser.add_argument("--out", type=Path, default=None, help="write fidelity.md/json here")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 2:
         parser.error(f"--runs={args.runs} is invalid: use at least 2 draws")
     start = time.perf_counter()
-    results = compare_rules(args.runs) if args.rules else run(args.quick, args.runs)
+    progress = progress_wanted(args.quiet)
+    if args.rules:
+        results = compare_rules(args.runs, progress)
+    else:
+        results = run(args.quick, args.runs, progress)
     table_md = markdown(results)
     print(table_md)
     print(f"\n{len(results)} measurements in {time.perf_counter() - start:.0f} s")

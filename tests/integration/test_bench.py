@@ -114,3 +114,31 @@ def test_bench_command_writes_json(tmp_path: Path) -> None:
         assert all(r["peak_memory_mb"] >= 0 and r["seconds"] > 0 for r in rows)
     assert set(memory["methods"]) == {"standard", "power", "mcmc"}
     assert memory["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # layers, k/v, heads, dims, float32
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_bench_shows_progress_per_method_on_a_terminal_unless_quiet(
+    quiet: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from power_sampling.cli import main
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    argv = ["bench", "--model", "random:tiny", "--prompts", "2", "--no-options", "--no-replay"]
+    assert main([*argv, *flags, *(["-q"] if quiet else [])]) == 0
+    out, err = capsys.readouterr()
+    assert "power vs MCMC" in out
+    if quiet:
+        assert err == ""
+    else:  # one bar per method, counting its prompts' generations
+        for method in ("standard", "power", "mcmc"):
+            assert f"{method}: 100%" in err and "2/2" in err
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from power_sampling.cli import main
+
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    argv = ["bench", "--model", "random:tiny", "--prompts", "1", "--no-options", "--no-replay"]
+    assert main([*argv, *flags]) == 0
+    assert capsys.readouterr().err == ""

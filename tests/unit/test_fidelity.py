@@ -7,6 +7,9 @@ draws (Rao-Blackwellised), so its noise is at most that of counting.
 
 from __future__ import annotations
 
+import io
+import sys
+
 import numpy as np
 import pytest
 
@@ -21,6 +24,7 @@ from power_sampling.measure.fidelity import (
     sampled_distribution,
 )
 from power_sampling.measure.selection_rules import RULES
+from power_sampling.progress import progress_bar
 from power_sampling.samplers import ScalablePowerSampler
 
 CPU_PRESET_TV = 0.06
@@ -76,3 +80,28 @@ def test_selection_rules_approach_pi_with_a_large_pool(rule: str) -> None:
     est = sampled_distribution(RULES[rule](lm, setting.config()), runs)
     tv = total_variation(est.distribution, pi)
     assert tv < noise_bound(pi, runs) + 0.03 + est.unexplored
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_on_a_terminal_unless_quiet(
+    quiet: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal
+    assert main(["--quick", "--runs", "2", *(["-q"] if quiet else [])]) == 0
+    out, err = capsys.readouterr()
+    assert "16 measurements" in out
+    if quiet:
+        assert err == ""
+    else:  # one bar over the measurements, naming the setting and shape being measured
+        assert "fidelity: 100%" in err and "16/16" in err and "on flat" in err
+
+
+def test_progress_bar_writes_to_the_file_given() -> None:
+    stream = io.StringIO()
+    with progress_bar(3, desc="step", unit="x", progress=True, file=stream) as bar:
+        bar.update(3)
+    assert "step: 100%" in stream.getvalue() and "3/3" in stream.getvalue()
+    silent = io.StringIO()
+    with progress_bar(3, desc="step", unit="x", progress=False, file=silent) as bar:
+        bar.update(3)
+    assert silent.getvalue() == ""
