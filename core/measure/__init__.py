@@ -5,7 +5,9 @@
   ``generate``), :mod:`.critical_path` (the sequential steps expected), :mod:`.hardware`.
 - :mod:`.constraint_cost`: a constraint's cost per token; :mod:`.memory`: peak memory against
   prompt length.
-- :mod:`.fidelity` and :mod:`.selection_rules`: the study against the exact power distribution.
+- :mod:`.fidelity` and :mod:`.selection_rules`: the study against the exact power distribution,
+  on the table models and with the estimator of :mod:`.tables`; :mod:`.frontier` (with
+  :mod:`.frontier_report` and :mod:`.frontier_plot`): every method's TV against its cost.
 
 Nothing in the library imports this package; the ``bench`` command and the studies do.
 """

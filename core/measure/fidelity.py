@@ -1,14 +1,16 @@
 """Fidelity at small budgets: total variation to the exact power distribution against cost.
 
-``python -m power_sampling.measure.fidelity [--quick] [--rules] [--out DIR]`` runs the power sampler
-on small random table models of several shapes (flat and peaked next-token distributions, early and
-late endings), compares the distribution of its completions with the exact π ∝ p^α
-(:mod:`power_sampling.exact`), and records the mean forward tokens per generation. Block level
-(Algorithm 2) over K, L, M and B; token level (Algorithm 1) over K and M; both over α. Seeds are
-fixed, so a run repeats exactly. ``--rules`` compares the candidate selection rules of
-:mod:`power_sampling.measure.selection_rules`.
+``python -m power_sampling.measure.fidelity [--quick] [--rules | --frontier] [--out DIR]`` runs the
+power sampler on small random table models of several shapes (flat and peaked next-token
+distributions, early and late endings), compares the distribution of its completions with the exact
+π ∝ p^α (:mod:`power_sampling.exact`), and records the mean forward tokens per generation. Block
+level (Algorithm 2) over K, L, M and B; token level (Algorithm 1) over K and M; both over α. Seeds
+are fixed, so a run repeats exactly. ``--rules`` compares the candidate selection rules of
+:mod:`power_sampling.measure.selection_rules`; ``--frontier`` runs every method at several budgets
+(:mod:`.frontier`).
 
-The sampled distribution is estimated with a Rao-Blackwellised count: every step adds the
+The sampled distribution is estimated with a Rao-Blackwellised count
+(:func:`.tables.sampled_distribution`): every step adds the
 probability it gave each candidate that finishes the completion there (ended, or filled the
 length cap), instead of the one completion drawn. Its mean is the sampler's distribution and its
 noise is much lower; the noise of the TV is reported next to it (``noise``: the expected TV of
@@ -18,11 +20,12 @@ the estimate from the exact distribution it estimates, from the per-completion s
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import math
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,44 +33,11 @@ from typing import Any
 import numpy as np
 
 from .. import exact
-from ..backends.table import TableLM
 from ..config import PowerSamplingConfig
 from ..progress import progress_bar, progress_wanted
-from ..samplers import ScalablePowerSampler, SequenceState
+from . import frontier, frontier_plot, frontier_report
 from .selection_rules import RULES
-
-PROMPT = (1,)
-EOS = 0
-VOCAB = 5
-LENGTH = 4
-
-
-def table(seed: int, concentration: float, eos: float | None = None) -> TableLM:
-    """A random table model over 5 tokens (0 = EOS), next-token distributions drawn from a
-    Dirichlet per context (the last two tokens); ``eos`` fixes the end probability."""
-    rng = np.random.default_rng(seed)
-    rows: dict[tuple[int, ...], list[float]] = {}
-
-    def probs(prefix: tuple[int, ...]) -> list[float]:
-        key = prefix[-2:]
-        if key not in rows:
-            if eos is None:
-                rows[key] = rng.dirichlet(np.full(VOCAB, concentration)).tolist()
-            else:
-                rest = rng.dirichlet(np.full(VOCAB - 1, concentration)) * (1 - eos)
-                rows[key] = [eos, *rest.tolist()]
-        return rows[key]
-
-    return TableLM(probs, EOS, vocab_size=VOCAB)
-
-
-SHAPES: dict[str, Callable[[], TableLM]] = {
-    "flat": lambda: table(11, 2.0),
-    "peaked": lambda: table(12, 0.3),
-    "early-end": lambda: table(13, 0.5, eos=0.35),
-    "late-end": lambda: table(14, 0.5, eos=0.03),
-}
-"""The table shapes of the study (each a fixed seed)."""
+from .tables import LENGTH, PROMPT, SHAPES, VOCAB, sampled_distribution
 
 
 @dataclass(frozen=True)
@@ -138,113 +108,6 @@ class Result:
     unexplored: float
     """Probability of prefixes too rare to explore (their completions count as missing)."""
     runs: int
-
-
-Kernel = dict[tuple[int, ...], float]
-"""One step's distribution over the blocks it commits."""
-
-
-def step_kernels(
-    sampler: ScalablePowerSampler, prefix: tuple[int, ...], runs: int, seed: int
-) -> tuple[list[Kernel], float, float]:
-    """``runs`` independent steps from ``prefix``: each step's ``probs`` over its candidates
-    (the step draws its block from them), the mean forward tokens and mean kept mass."""
-    rng = np.random.default_rng([seed, *prefix])
-    stop = sampler.backend.stop
-    kernels, forward, kept = [], 0.0, 0.0
-    for _ in range(runs):
-        state = SequenceState(PROMPT + prefix, LENGTH - len(prefix), trace=[])
-        sampler.step([state], stop, rng)
-        assert state.trace
-        trace = state.trace[0]
-        kernel: Kernel = defaultdict(float)
-        for block, prob in zip(trace.candidates, trace.p_jk, strict=True):
-            kernel[block] += prob
-        kernels.append(kernel)
-        forward += state.stats.forward_tokens
-        kept += trace.kept_mass
-    return kernels, forward / runs, kept / runs
-
-
-@dataclass
-class Estimate:
-    """The sampler's completion distribution, composed from per-prefix step kernels."""
-
-    distribution: dict[tuple[int, ...], float]
-    noise: float
-    forward_tokens: float
-    kept_mass: float
-    unexplored: float
-
-
-def sampled_distribution(
-    sampler: ScalablePowerSampler,
-    runs: int,
-    *,
-    seed: int = 0,
-    min_reach: float = 1e-3,
-    min_steps: int = 20,
-) -> Estimate:
-    """The distribution of the sampler's completions of :data:`PROMPT`, Rao-Blackwellised.
-
-    The sampler is Markov in the prefix (no rollout reuse), so its distribution is the product of
-    one-step kernels Q(block | prefix). Each Q is the mean of the ``probs`` that independent steps
-    from that prefix sample from. Prefixes are explored while their probability of being reached
-    is at least ``min_reach`` (the rest is ``unexplored`` mass); a prefix reached with
-    probability r gets max(``min_steps``, r · runs) steps. ``noise`` is half the TV between the two
-    estimates from each half of the steps, about the TV of the whole estimate from its mean.
-    """
-    # Per explored prefix: its kernel from all steps, and from each half of them.
-    explored: dict[tuple[int, ...], list[Kernel]] = {}
-    forward = kept = unexplored = steps = 0.0
-    stack: list[tuple[tuple[int, ...], float]] = [((), 1.0)]
-    while stack:
-        prefix, reach = stack.pop()
-        if reach < min_reach:
-            unexplored += reach
-            continue
-        count = max(min_steps, math.ceil(reach * runs))
-        kernels, cost, share = step_kernels(sampler, prefix, count, seed)
-        forward += reach * cost
-        kept += reach * share
-        steps += reach
-        halves = [_mean(kernels[: count // 2]), _mean(kernels[count // 2 :])]
-        explored[prefix] = [_mean(kernels), *halves]
-        for block, q in explored[prefix][0].items():
-            if not _terminal(sampler, prefix + block):
-                stack.append((prefix + block, reach * q))
-    full, first, second = (_compose(explored, sampler, i) for i in range(3))
-    noise = 0.5 * exact.total_variation(first, second)
-    return Estimate(full, noise, forward, kept / steps, unexplored)
-
-
-def _mean(kernels: Sequence[Kernel]) -> Kernel:
-    out: Kernel = defaultdict(float)
-    for kernel in kernels:
-        for block, q in kernel.items():
-            out[block] += q / len(kernels)
-    return out
-
-
-def _terminal(sampler: ScalablePowerSampler, tokens: tuple[int, ...]) -> bool:
-    return tokens[-1] in sampler.backend.stop.token_ids or len(tokens) >= LENGTH
-
-
-def _compose(
-    explored: dict[tuple[int, ...], list[Kernel]], sampler: ScalablePowerSampler, which: int
-) -> dict[tuple[int, ...], float]:
-    out: dict[tuple[int, ...], float] = defaultdict(float)
-    stack: list[tuple[tuple[int, ...], float]] = [((), 1.0)]
-    while stack:
-        prefix, reach = stack.pop()
-        if prefix not in explored:
-            continue
-        for block, q in explored[prefix][which].items():
-            if _terminal(sampler, prefix + block):
-                out[prefix + block] += reach * q
-            else:
-                stack.append((prefix + block, reach * q))
-    return dict(out)
 
 
 def measure(shape: str, setting: Setting, runs: int, rule: str = "top-K") -> Result:
@@ -358,12 +221,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rules", action="store_true", help="compare the selection rules instead of the grid"
     )
+    parser.add_argument(
+        "--frontier",
+        action="store_true",
+        help="every method at several budgets: TV against forward tokens and sequential steps "
+        "per output token (writes frontier.md/json/png)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write fidelity.md/json here")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 2:
         parser.error(f"--runs={args.runs} is invalid: use at least 2 draws")
+    if args.frontier and args.rules:
+        parser.error("--frontier and --rules are separate studies: pass one")
     start = time.perf_counter()
+    if args.frontier:
+        words = sys.argv[1:] if argv is None else list(argv)
+        command = " ".join(["python -m power_sampling.measure.fidelity", *words])
+        return _frontier(args.quick, args.runs, args.out, command, start)
     progress = progress_wanted(args.quiet)
     if args.rules:
         results = compare_rules(args.runs, progress)
@@ -378,6 +253,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / f"{name}.md").write_text(table_md + "\n")
         payload = {"length": LENGTH, "vocab": VOCAB, "results": [asdict(r) for r in results]}
         (args.out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    return 0
+
+
+def _frontier(quick: bool, runs: int | None, out: Path | None, command: str, start: float) -> int:
+    """The frontier study (:mod:`.frontier`): its table, JSON rows and plot under ``out``."""
+    results = frontier.run(frontier.grid(quick), runs or (100 if quick else 400))
+    seconds = time.perf_counter() - start
+    date = datetime.date.today().isoformat()
+    plotted = out is not None and frontier_plot.available()
+    table_md = frontier_report.markdown(
+        results, command, date, seconds, "frontier.png" if plotted else None
+    )
+    print(table_md)
+    print(f"\n{len(results)} measurements in {seconds:.0f} s")
+    if out is None:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.md").write_text(table_md)
+    payload = {
+        "command": command,
+        "date": date,
+        "alpha": frontier.ALPHA,
+        "length": LENGTH,
+        "vocab": VOCAB,
+        "results": [asdict(r) for r in results],
+    }
+    (out / "frontier.json").write_text(json.dumps(payload, indent=1) + "\n")
+    if plotted:
+        title = f"TV to the exact π against cost on the table models (α = 4): {command}, {date}"
+        frontier_plot.plot(frontier_report.rows(results), out / "frontier.png", title)
+    else:
+        print("matplotlib is not installed: no plot (pip install 'power-sampling[eval]')")
     return 0
 
 
