@@ -125,9 +125,9 @@ def grid(quick: bool = False) -> list[Point]:
     blocks += [(6, 20, 2), (4, 24, 2), (8, 24, 1)]  # the cpu preset's L + K·M = 32 in other splits
     blocks += [(8, 24, 2), (8, 32, 2), (16, 32, 2), (8, 32, 8)]
     out = [block(k, n, m) for k, n, m in blocks]
-    out += [
-        block(k, n, m, reuse=True) for k, n, m in ((8, 8, 2), (8, 8, 8), (8, 16, 2), (8, 32, 8))
-    ]
+    # With L = M the kept rollouts are every candidate after the first block (paper-fast: 8).
+    reused = [(8, 8, 2), (8, 8, 8), (8, 16, 16), (8, 16, 2), (8, 32, 8)]
+    out += [block(k, n, m, reuse=True) for k, n, m in reused]
     out += [token(k, m) for k, m in ((2, 2), (5, 2), (5, 4))]
     out += [mcmc(s) for s in (1, 2, 4, 10, 20)]
     out += [smc(n) for n in (2, 4, 8, 16, 32, 64)]

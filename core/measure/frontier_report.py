@@ -130,6 +130,13 @@ def headline(all_rows: Sequence[Row]) -> list[str]:
         lines.append(f"- No point reaches max TV ≤ {GOAL}.")
     best = min(all_rows, key=lambda r: (r.max_tv, r.forward))
     lines.append(f"- **Highest fidelity**: {_describe(best)}.")
+    close = [
+        r.label
+        for r in all_rows
+        if r is not best and r.max_tv - r.noise <= best.max_tv + best.noise
+    ]
+    if close:
+        lines.append(f"  Within the noise of it: {', '.join(close)}.")
     lines.append("- Best point of each method (lowest max TV; ties: fewer forward tokens):")
     for family in dict.fromkeys(r.family for r in all_rows):
         mine = [r for r in all_rows if r.family == family]
@@ -185,7 +192,7 @@ def markdown(
     parts = [
         "# Fidelity frontier: every method's TV to π against its cost",
         "",
-        f"Made by `{command}` on {date} ({seconds:.0f} s on one core). Tables: "
+        f"Made by `{command}` on {date} ({seconds:.0f} s of wall time, one process). Tables: "
         f"{', '.join(all_rows[0].by_shape)} (`power_sampling.measure.fidelity.SHAPES`), "
         "α = 4, 4 new tokens after a one-token prompt; blocks, MCMC blocks and SMC intervals of "
         "2 tokens, SMC's α ramp over 2 tokens, rollouts to the end. Costs are per output token "
