@@ -93,7 +93,7 @@ def test_progress_on_a_terminal_unless_quiet(
     if quiet:
         assert err == ""
     else:  # one bar over the measurements, naming the setting and shape being measured
-        assert "fidelity: 100%" in err and "16/16" in err and "on flat" in err
+        assert "fidelity: 100%" in err and "16/16" in err and "top-K on " in err
 
 
 def test_progress_bar_writes_to_the_file_given() -> None:
