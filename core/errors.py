@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import ValidationError
 
-__all__ = ["error_message"]
+__all__ = ["FieldError", "error_message", "field_path"]
+
+
+class FieldError(ValueError):
+    """A bad value in one field of a request; ``field`` names it as a client writes it
+    (``messages[2].content``), and the message, which starts with it unless ``named`` is False,
+    says what is wrong and the fix."""
+
+    def __init__(self, field: str, message: str, *, named: bool = True) -> None:
+        super().__init__(f"{field}: {message}" if named else message)
+        self.field = field
+
+
+def field_path(location: Sequence[object]) -> str:
+    """A field's location as a client writes it: ``("messages", 2, "content")`` is
+    ``messages[2].content``."""
+    out = ""
+    for part in location:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def error_message(exc: BaseException) -> str:
@@ -13,7 +34,7 @@ def error_message(exc: BaseException) -> str:
         parts = []
         for error in exc.errors():
             msg = str(error.get("msg", "")).removeprefix("Value error, ")
-            loc = ".".join(str(p) for p in error.get("loc", ()))
+            loc = field_path(error.get("loc", ()))
             parts.append(msg if not loc or loc in msg else f"{loc}: {msg}")
         return "; ".join(parts)
     text = " ".join(str(exc).split())

@@ -23,7 +23,7 @@ from ..constraints import Constraint, GrammarConstraint
 from ..constraints.chat import response_format_constraint, tool_call_constraint
 from ..request import Request
 from ..samplers.power_sampler import PowerSampler
-from .tools import describe_tools, normalize_tool_choice, to_json, with_system
+from .tools import describe_tools, resolve_tool_choice, to_json, with_system
 
 JSON_PROMPT = "Reply with one JSON object and nothing else."
 SCHEMA_PROMPT = " It must match this JSON schema:\n{}"
@@ -48,13 +48,17 @@ class ChatOptions:
         response_format: Mapping[str, Any] | None = None,
     ) -> ChatOptions:
         """Options as callers give them (``tool_choice`` in any form that
-        :func:`~.tools.normalize_tool_choice` takes); a bad one raises ``ValueError``."""
+        :func:`~.tools.resolve_tool_choice` takes; ``allowed_tools`` keeps only the tools it
+        names); a bad one raises ``ValueError`` naming the field."""
         tools = tuple(tools or ())
-        choice = normalize_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
+        choice, allowed = resolve_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
         fmt = dict(response_format) if response_format else None
         if fmt is not None and fmt.get("type", "text") == "text":
             fmt = None
-        return cls(() if choice == "none" else tools, choice, fmt)
+        kept = (
+            () if choice == "none" else tuple(t for t in tools if t["function"]["name"] in allowed)
+        )
+        return cls(kept, choice, fmt)
 
     @property
     def names(self) -> list[str]:

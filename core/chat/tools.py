@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..constraints.chat import CLOSE, OPEN
+from ..errors import FieldError
 
 TOOLS_PROMPT = (
     "# Tools\n\nYou may call the functions described by the JSON schemas inside <tools></tools>:"
@@ -35,21 +36,97 @@ def to_json(value: Any) -> str:
 
 
 def normalize_tool_choice(choice: Any, names: Sequence[str]) -> str:
-    """``tool_choice`` as ``auto``, ``required``, ``none`` or a tool name."""
-    if isinstance(choice, dict):  # OpenAI's {"type": "function", "function": {"name": ...}}
-        choice = choice.get("function", choice).get("name", choice.get("type"))
-    if choice in (None, "auto"):
-        return "auto"
+    """``tool_choice`` as ``auto``, ``required``, ``none`` or a tool name (an ``allowed_tools``
+    choice as its mode; :func:`resolve_tool_choice` keeps its tools too)."""
+    return resolve_tool_choice(choice, names)[0]
+
+
+def resolve_tool_choice(choice: Any, names: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """``tool_choice`` in any form callers give it, as ``(mode, tools)``: the mode is ``auto``,
+    ``required``, ``none`` or a tool name, and ``tools`` the names the reply may call.
+
+    Forms: ``"auto"``, ``"none"``, ``"required"`` (or ``"any"``, ``True``, ``False``, a bound
+    tool's name), OpenAI's ``{"type": "function", "function": {"name": ...}}`` and
+    ``{"type": "allowed_tools", "allowed_tools": {"mode": ..., "tools": [...]}}``, Anthropic's
+    ``{"type": "auto" | "any" | "tool", "name": ...}``. A malformed one, a name that is not
+    bound, or a choice that needs a tool when none is bound raises :class:`FieldError`."""
+    names = tuple(names)
+    if isinstance(choice, Mapping):
+        return _choice_object(choice, names)
+    if choice in (None, "auto") or (choice == "none" or choice is False):
+        return ("none" if choice in ("none", False) else "auto"), names
     if choice in ("any", "required", True):
-        return "required"
-    if choice in ("none", False):
-        return "none"
-    if choice in names:
-        return str(choice)
-    raise ValueError(
-        f"tool_choice={choice!r} is invalid: use 'auto', 'any' (or 'required'), 'none' or the "
-        f"name of a bound tool ({', '.join(names) or 'none bound'})"
+        if not names:
+            raise FieldError(
+                "tool_choice",
+                f"{choice!r} needs at least one tool: pass tools, or leave tool_choice out",
+            )
+        return "required", names
+    if isinstance(choice, str) and choice in names:
+        return choice, names
+    raise FieldError(
+        "tool_choice",
+        f"{choice!r} is invalid: use 'auto', 'none', 'required' or "
+        '{"type": "function", "function": {"name": <tool>}} naming a tool given in tools ('
+        f"{', '.join(names) or 'none given'})",
     )
+
+
+def _choice_object(
+    choice: Mapping[str, Any], names: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]]:
+    kind = choice.get("type")
+    if kind == "allowed_tools":
+        return _allowed_tools(choice.get("allowed_tools"), names)
+    if kind in ("auto", "any", "none") and set(choice) <= {"type", "disable_parallel_tool_use"}:
+        return resolve_tool_choice(kind, names)
+    if kind == "function" or (kind is None and "function" in choice):
+        function, where = choice.get("function"), "tool_choice.function"
+        if not isinstance(function, Mapping):
+            raise FieldError(
+                where,
+                f"must be an object, got {function!r}: use "
+                '{"type": "function", "function": {"name": <tool>}}',
+            )
+        return _named(function.get("name"), names, f"{where}.name"), names
+    if kind in ("tool", None) and "name" in choice:
+        return _named(choice.get("name"), names, "tool_choice.name"), names
+    raise FieldError(
+        "tool_choice.type",
+        f"{kind!r} is invalid: use 'function' (with function.name) or 'allowed_tools'",
+    )
+
+
+def _named(name: Any, names: tuple[str, ...], where: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise FieldError(where, f"must be a tool's name (a string), got {name!r}")
+    if name not in names:
+        raise FieldError(
+            where,
+            f"{name!r} is not among the tools given ({', '.join(names) or 'none given'}): "
+            "name one of them, or add it to tools",
+        )
+    return name
+
+
+def _allowed_tools(spec: Any, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    where = "tool_choice.allowed_tools"
+    if not isinstance(spec, Mapping):
+        raise FieldError(where, 'must be an object: {"mode": "auto", "tools": [...]}')
+    mode = spec.get("mode", "auto")
+    if mode not in ("auto", "required"):
+        raise FieldError(f"{where}.mode", f"{mode!r} is invalid: use 'auto' or 'required'")
+    tools = spec.get("tools")
+    if not isinstance(tools, list) or not tools:
+        raise FieldError(f"{where}.tools", "must be a non-empty list of tools to allow")
+    allowed = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if name is None and isinstance(tool, Mapping):
+            name = tool.get("name")
+        allowed.append(_named(name, names, f"{where}.tools[{i}].function.name"))
+    return str(mode), tuple(n for n in names if n in allowed)
 
 
 def with_system(dicts: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:

@@ -27,11 +27,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import FieldError
 from .base import Constraint, GrammarConstraint
 from .grammar import xgrammar
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 """The tags around one tool call in the reply (the Qwen / Hermes format)."""
+
+MAX_SCHEMA_DEPTH = 64
+"""Deepest nesting of objects and lists a JSON schema may have (the grammar converter recurses)."""
 
 FREE_TEXT = 'root ::= ([^<] | "<" [^t/<])*'
 """Visible text of an ``auto`` reply: no ``<t`` (``<tool_call>``, ``<tools>``) and no ``</``."""
@@ -42,9 +46,11 @@ def tool_call_constraint(tools: Sequence[Mapping[str, Any]], choice: str) -> Con
     {"name", "parameters"}}``) under a normalised ``choice``: ``"auto"``, ``"required"`` (any one
     tool) or a tool name (that tool)."""
     specs = {}
-    for tool in tools:
+    for i, tool in enumerate(tools):
         function = tool.get("function", tool)
-        specs[str(function["name"])] = dict(function.get("parameters") or {"type": "object"})
+        parameters = function.get("parameters") or {"type": "object"}
+        check_schema(parameters, f"tools[{i}].function.parameters")
+        specs[str(function["name"])] = dict(parameters)
     if not specs:
         raise ValueError("tool_call_constraint needs at least one tool")
     if choice not in ("auto", "required") and choice not in specs:
@@ -76,11 +82,54 @@ def response_format_constraint(response_format: Mapping[str, Any]) -> Constraint
                 f"response_format {dict(response_format)!r} has no JSON schema: pass "
                 '{"type": "json_schema", "json_schema": {"schema": {...}}}'
             )
+        where = "response_format." + (
+            "json_schema.schema" if inner is not response_format else "schema"
+        )
+        check_schema(schema, where)
         return _cached_schema(json.dumps(dict(schema)))
     raise ValueError(
         f"response_format type {kind!r} is not supported; use 'json_schema', 'json_object' or "
         "'text'"
     )
+
+
+def check_schema(schema: Any, where: str) -> None:
+    """Raise :class:`~power_sampling.errors.FieldError` naming ``where`` unless ``schema`` is a
+    JSON schema the grammar engine can convert (an object, nested at most
+    :data:`MAX_SCHEMA_DEPTH` deep, of supported types and resolvable references)."""
+    if not isinstance(schema, Mapping):
+        raise FieldError(where, f"must be a JSON schema object, got {type(schema).__name__}")
+    if _depth(schema) > MAX_SCHEMA_DEPTH:
+        raise FieldError(
+            where, f"is nested more than {MAX_SCHEMA_DEPTH} levels deep: flatten the schema"
+        )
+    try:
+        _converted(json.dumps(dict(schema)))
+    except (RuntimeError, ValueError, TypeError) as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        reason = reason.split(": ", 1)[-1] if reason.startswith("[") else reason
+        raise FieldError(
+            where,
+            f"is a JSON schema the grammar engine cannot compile ({reason}); fix or simplify it",
+        ) from error
+
+
+def _depth(value: Any, limit: int = MAX_SCHEMA_DEPTH + 1) -> int:
+    """Nesting depth of lists and objects, counted no further than ``limit``."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        nested = [v for x in level if isinstance(x, Mapping | list) for v in _children(x)]
+        depth, level = depth + 1, nested
+    return depth
+
+
+def _children(value: Any) -> list[Any]:
+    return list(value.values()) if isinstance(value, Mapping) else list(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _converted(schema: str) -> str:
+    return str(xgrammar().Grammar.from_json_schema(schema, any_whitespace=False))
 
 
 @functools.lru_cache(maxsize=64)

@@ -9,6 +9,7 @@ as decided.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -164,7 +165,7 @@ class PowerSampler:
         states = [
             SequenceState(
                 tuple(ids),
-                self._fit_context(ids, config.max_new_tokens),
+                self.check_fits(ids, config.max_new_tokens),
                 trace=[] if first.trace else None,
             )
             for ids in encoded
@@ -220,31 +221,52 @@ class PowerSampler:
         )
         return Chunk((), rest, generation)
 
-    def check_fits(self, prompt_ids: Sequence[int]) -> None:
-        """Raise ``ValueError`` when the prompt leaves no room in the model's context."""
-        self._fit_context(prompt_ids, 1)
+    def check_fits(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int | None = None,
+        *,
+        strict: bool = False,
+        what: str = "prompt",
+    ) -> int:
+        """The context check every entry point makes: the number of new tokens this prompt
+        leaves room for, at most ``max_new_tokens`` (None: all the room there is, ``sys.maxsize``
+        for a backend that states no context).
 
-    def _fit_context(self, prompt_ids: Sequence[int], limit: int) -> int:
-        """The token budget that fits the model's context, or a clear error."""
+        A prompt that leaves no room raises ``ValueError``. A ``max_new_tokens`` that does not
+        fit after the prompt is clipped to what fits, with a warning, or with ``strict`` raises
+        ``ValueError`` as vLLM's server does (the HTTP server passes ``strict`` when the request
+        gives ``max_tokens``). ``what`` names the prompt in the message (``messages``).
+        """
         context = getattr(self.backend, "max_context", None)
         if context is None:
-            return limit
-        if len(prompt_ids) >= context:
+            return max_new_tokens if max_new_tokens is not None else sys.maxsize
+        used, room = len(prompt_ids), context - len(prompt_ids)
+        if room < 1:
             raise ValueError(
-                f"the prompt has {len(prompt_ids)} tokens but the model's context is {context}; "
-                "shorten the prompt (or use a model with a longer context)"
+                f"This model's maximum context length is {context} tokens. However, the {what} "
+                f"has {used} tokens, which leaves no room for the completion: shorten the {what} "
+                "(or use a model with a longer context)"
             )
-        if len(prompt_ids) + limit > context:
-            logger.warning(
-                "max_new_tokens=%d does not fit the %d-token context after a %d-token prompt; "
-                "generating at most %d tokens",
-                limit,
-                context,
-                len(prompt_ids),
-                context - len(prompt_ids),
+        if max_new_tokens is None or max_new_tokens <= room:
+            return room if max_new_tokens is None else max_new_tokens
+        if strict:
+            raise ValueError(
+                f"This model's maximum context length is {context} tokens. However, you "
+                f"requested {used + max_new_tokens} tokens ({used} in the {what}, "
+                f"{max_new_tokens} in the completion): lower max_tokens to at most {room}, or "
+                f"shorten the {what}"
             )
-            return context - len(prompt_ids)
-        return limit
+        logger.warning(
+            "max_new_tokens=%d does not fit the %d-token context after a %d-token %s; "
+            "generating at most %d tokens",
+            max_new_tokens,
+            context,
+            used,
+            what,
+            room,
+        )
+        return room
 
     def _text_backend(self, what: str) -> TextBackend:
         if not isinstance(self.backend, TextBackend):

@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ..config import PowerSamplingConfig
 from ..engine.scheduler import QueueFull
-from ..errors import error_message
+from ..errors import FieldError, error_message, field_path
 from .access import AccessGuard, AccessPolicy, PayloadTooLarge
 from .engine import Engine, Event, ShuttingDown, Started
 from .limits import RequestLimits
@@ -243,7 +243,16 @@ def _error_parts(exc: BaseException) -> tuple[int, dict[str, Any]]:
 
 
 def _param(exc: BaseException) -> str | None:
-    """The request field a validation error is about."""
+    """The request field an error is about."""
+    if isinstance(exc, FieldError):
+        return exc.field
     if not isinstance(exc, ValidationError) or not exc.errors():
         return None
-    return ".".join(str(p) for p in exc.errors()[0].get("loc", ())) or None
+    # A value that fits no member of a union has one error per member, each located under
+    # the member's name (``stop.str``, ``stop.list[str]``): the field is what they share.
+    locations = [tuple(e.get("loc", ())) for e in exc.errors()]
+    shared = locations[0]
+    for location in locations[1:]:
+        while location[: len(shared)] != shared:
+            shared = shared[:-1]
+    return field_path(shared) or None

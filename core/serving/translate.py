@@ -17,9 +17,7 @@ seed derived from (s, i). Without a seed the choices are unseeded and may share 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +27,12 @@ import numpy as np
 from ..chat import tools as tc
 from ..chat.render import ChatOptions, render
 from ..config import PowerSamplingConfig
+from ..errors import FieldError
 from ..generation import Generation
-from ..request import Prompt, Request, content_text, resolve_settings
+from ..request import Prompt, Request, resolve_settings
 from ..samplers.power_sampler import PowerSampler
+from . import inputs
 from .schemas import ChatCompletionRequest, CompletionRequest
-
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_ROLES["tool"] = "tool"
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,9 @@ class Call:
     options: ChatOptions = field(default_factory=ChatOptions)
     """Chat: the tools and reply format; the reply is constrained to them."""
     stop: tuple[str, ...] = ()
+    max_tokens_given: bool = False
+    """The request set ``max_tokens``: one that does not fit the context is a 400. Without it,
+    each prompt's ``max_new_tokens`` is clipped to the room its prompt leaves, as vLLM does."""
 
 
 @dataclass
@@ -112,11 +112,13 @@ def _config(
 def chat_call(body: ChatCompletionRequest, defaults: PowerSamplingConfig) -> Call:
     """A chat completion request as a :class:`Call`."""
     config = _config(body, defaults)
-    messages = [_message(i, m) for i, m in enumerate(body.messages)]
-    tools = [_tool(i, t) for i, t in enumerate(body.tools or [])]
+    messages = [inputs.message(i, m) for i, m in enumerate(body.messages)]
+    seen: set[str] = set()
+    tools = [inputs.tool(i, t, seen) for i, t in enumerate(body.tools or [])]
+    inputs.check_tool_choice(body.tool_choice, tools)
     options = ChatOptions.of(tools, body.tool_choice, body.response_format)
     options.constraint()  # built here so that a bad tool or format is a 400 before any work
-    return Call((messages,), config, body.n or 1, True, options, body.stops)
+    return Call((messages,), config, body.n or 1, True, options, body.stops, _given(body))
 
 
 def completion_call(body: CompletionRequest, defaults: PowerSamplingConfig) -> Call:
@@ -125,50 +127,14 @@ def completion_call(body: CompletionRequest, defaults: PowerSamplingConfig) -> C
     prompts = body.prompts
     if not prompts:
         raise ValueError("prompt is empty: give a string, token ids, or a list of them")
-    return Call(tuple(prompts), config, body.n or 1, chat=False, stop=body.stops)
+    return Call(
+        tuple(prompts), config, body.n or 1, False, stop=body.stops, max_tokens_given=_given(body)
+    )
 
 
-def _message(index: int, message: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI message as a chat-template message."""
-    role = _ROLES.get(str(message.get("role")))
-    if role is None:
-        raise ValueError(
-            f"messages[{index}].role={message.get('role')!r} is invalid: use system, developer, "
-            "user, assistant or tool"
-        )
-    content = content_text(message.get("content"), f"messages[{index}].content")
-    out: dict[str, Any] = {"role": role, "content": content}
-    if role == "tool":
-        out["tool_call_id"] = message.get("tool_call_id")
-    calls = message.get("tool_calls") if role == "assistant" else None
-    if calls:
-        out["tool_calls"] = [_past_call(index, c) for c in calls]
-    return out
-
-
-def _past_call(index: int, call: Any) -> dict[str, Any]:
-    """A tool call of an earlier assistant turn, its arguments as an object for the template."""
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not function.get("name"):
-        raise ValueError(f"messages[{index}].tool_calls: each needs function.name")
-    arguments = function.get("arguments") or {}
-    if isinstance(arguments, str):
-        with contextlib.suppress(ValueError):  # else the template shows it as written
-            arguments = json.loads(arguments)
-    return {
-        "type": "function",
-        "id": call.get("id"),
-        "function": {"name": function["name"], "arguments": arguments},
-    }
-
-
-def _tool(index: int, tool: dict[str, Any]) -> dict[str, Any]:
-    function = tool.get("function")
-    if tool.get("type", "function") != "function" or not isinstance(function, dict):
-        raise ValueError(f"tools[{index}] is invalid: use {{'type': 'function', 'function': ...}}")
-    if not function.get("name"):
-        raise ValueError(f"tools[{index}].function has no name: give it a 'name'")
-    return {"type": "function", "function": function}
+def _given(body: ChatCompletionRequest | CompletionRequest) -> bool:
+    settings = settings_of(body)
+    return settings.get("max_new_tokens", settings.get("max_tokens")) is not None
 
 
 def choice_seed(seed: int | None, index: int) -> int | None:
@@ -180,17 +146,29 @@ def choice_seed(seed: int | None, index: int) -> int | None:
 
 def prepare(call: Call, sampler: PowerSampler) -> list[Prepared]:
     """Render every choice of ``call`` into a request on this sampler's model; a prompt that
-    does not fit raises ``ValueError`` here, before any choice runs."""
+    does not fit (with the request's ``max_tokens``, when it gives one) raises ``ValueError``
+    here, before any choice runs."""
     out: list[Prepared] = []
     for p, prompt in enumerate(call.prompts):
         prepared = _prepare_chat(call, prompt, sampler) if call.chat else None
         if prepared is None:
             ids = sampler.encode_prompt(prompt)
             prepared = Prepared(0, Request(ids, call.config, call.stop))
-        sampler.check_fits(list(prepared.request.prompt))  # type: ignore[arg-type]
+        limit, what = call.config.max_new_tokens, "messages" if call.chat else "prompt"
+        ids = list(prepared.request.prompt)  # type: ignore[arg-type]
+        try:
+            sampler.check_fits(ids, what=what)  # the prompt alone
+        except ValueError as error:
+            raise FieldError(what, str(error), named=False) from None
+        try:
+            fits = sampler.check_fits(ids, limit, strict=call.max_tokens_given, what=what)
+        except ValueError as error:
+            raise FieldError("max_tokens", str(error), named=False) from None
         for j in range(call.n):
             index = p * call.n + j
-            config = call.config.replace(seed=choice_seed(call.config.seed, index))
+            config = call.config.replace(
+                seed=choice_seed(call.config.seed, index), max_new_tokens=min(limit, fits)
+            )
             request = dataclasses.replace(prepared.request, config=config)
             out.append(Prepared(index, request, prepared.tools))
     return out

@@ -141,7 +141,7 @@ def test_stop_strings_cut_the_text_and_are_never_streamed() -> None:
 
 def test_prompt_longer_than_the_context_is_a_clear_error() -> None:
     lm = ScriptedLM(tiny_tokenizer(), "x", max_context=8)
-    with pytest.raises(ValueError, match="context is 8"):
+    with pytest.raises(ValueError, match="maximum context length is 8"):
         PowerSampler(lm).generate("a long prompt that does not fit in eight tokens at all")
 
 
