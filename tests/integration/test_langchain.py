@@ -383,7 +383,7 @@ def test_tool_choice_variants() -> None:
     for choice in ("auto", "any", "required", "get_weather", True):
         message = llm.bind_tools([get_weather, Person], tool_choice=choice).invoke("Hi")
         assert message.tool_calls[0]["name"] == "get_weather", choice
-    with pytest.raises(ValueError, match="tool_choice='nope' is invalid"):
+    with pytest.raises(ValueError, match="tool_choice: 'nope' is invalid"):
         llm.bind_tools([get_weather], tool_choice="nope")
 
 
