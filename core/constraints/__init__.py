@@ -15,9 +15,11 @@ from .base import (
     new_bitmask,
     unpack_bitmask,
 )
+from .budget import BudgetedConstraint
 from .cursor import ConstraintCursor
 
 __all__ = [
+    "BudgetedConstraint",
     "Constraint",
     "ConstraintCursor",
     "GrammarConstraint",
