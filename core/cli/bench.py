@@ -72,6 +72,14 @@ def add_parser(subparsers: Any) -> None:
         "without it): json-schema:FILE_OR_JSON, regex:PATTERN, grammar:FILE or json:",
     )
     parser.add_argument(
+        "--concurrency",
+        metavar="C,C,...",
+        help="measure throughput and latency under load instead: standard and power sampling "
+        "with C concurrent requests of distinct seeds and mixed lengths each (e.g. 1,8), and "
+        "a short request sent during a long one",
+    )
+    parser.add_argument("--plot", metavar="PNG", help="with --concurrency: also plot the load")
+    parser.add_argument(
         "--backend",
         choices=("transformers", "vllm"),
         default="transformers",
@@ -118,6 +126,8 @@ def _cmd_bench(args: Any) -> int:
             f"{config.max_new_tokens} new ones exceed the model's context of {context} "
             "tokens; use shorter lengths or a lower --max-new-tokens"
         )
+    if args.concurrency:
+        return _load(args, backend, config, prompts)
     sampler = PowerSampler(backend, config.replace(method="power"))
     if args.constraint:
         report = constraint_overhead(
@@ -151,6 +161,29 @@ def _cmd_bench(args: Any) -> int:
     return 0
 
 
+def _load(args: Any, backend: Any, config: Any, prompts: list[Prompt]) -> int:
+    """``--concurrency``: the load bench of :mod:`power_sampling.measure.concurrency`."""
+    from ..measure.concurrency import as_json, load_markdown, plot_load, run_load, short_behind_long
+
+    levels = parse_lengths(args.concurrency, "--concurrency", "1,8")
+    configs = {
+        "standard": config.replace(method="standard"),
+        "power": config.replace(method="power"),
+    }
+    points = run_load(backend, configs, prompts, levels)
+    behind = short_behind_long(
+        backend,
+        configs["power"].replace(max_new_tokens=3 * config.max_new_tokens),
+        configs["standard"].replace(max_new_tokens=4),
+        prompts[0],
+    )
+    print(load_markdown(points, behind))
+    if args.plot:
+        plot_load(points, args.plot)
+    _write_json(args.json_out, {"load": as_json(points), "short_behind_long": behind})
+    return 0
+
+
 def _write_json(path: str | None, report: dict[str, Any]) -> None:
     """The report as JSON at ``--json-out`` (nothing without it)."""
     if path:
@@ -158,18 +191,19 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
             json.dump(report, f, indent=2)
 
 
-def parse_lengths(spec: str) -> list[int]:
-    """Prompt lengths from ``--prompt-lengths`` (comma-separated integers >= 1)."""
+def parse_lengths(
+    spec: str, flag: str = "--prompt-lengths", example: str = "256,1024,4096"
+) -> list[int]:
+    """Counts from a comma-separated flag value (integers >= 1): prompt lengths by default."""
     try:
-        lengths = [int(part) for part in spec.split(",")]
+        counts = [int(part) for part in spec.split(",")]
     except ValueError:
-        lengths = []
-    if not lengths or min(lengths) < 1:
+        counts = []
+    if not counts or min(counts) < 1:
         raise UsageError(
-            f"--prompt-lengths {spec!r} is invalid: use comma-separated token counts >= 1, "
-            "e.g. 256,1024,4096"
+            f"{flag} {spec!r} is invalid: use comma-separated integers >= 1, e.g. {example}"
         )
-    return lengths
+    return counts
 
 
 def parse_constraint(spec: str) -> Any:

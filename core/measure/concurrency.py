@@ -27,7 +27,7 @@ from ..config import PowerSamplingConfig
 from ..engine.scheduler import Scheduler
 from ..request import Prompt, Request
 
-__all__ = ["LoadPoint", "as_json", "load_markdown", "run_load", "short_behind_long"]
+__all__ = ["LoadPoint", "as_json", "load_markdown", "plot_load", "run_load", "short_behind_long"]
 
 
 @dataclass(frozen=True)
@@ -159,3 +159,24 @@ def load_markdown(points: Sequence[LoadPoint], behind: dict[str, float] | None =
 
 def as_json(points: Sequence[LoadPoint]) -> list[dict[str, Any]]:
     return [asdict(p) for p in points]
+
+
+def plot_load(points: Sequence[LoadPoint], path: str) -> None:
+    """Throughput and p95 latency against concurrency, one line per method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate, late) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for method in dict.fromkeys(p.method for p in points):
+        mine = [p for p in points if p.method == method]
+        levels = [p.concurrency for p in mine]
+        rate.plot(levels, [p.tokens_per_second for p in mine], marker="o", label=method)
+        late.plot(levels, [p.p95_latency for p in mine], marker="o", label=method)
+    rate.set(xlabel="concurrent requests", ylabel="completion tokens / s", xscale="log")
+    late.set(xlabel="concurrent requests", ylabel="p95 latency (s)", xscale="log")
+    rate.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -142,3 +142,21 @@ def test_no_progress_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture
     argv = ["bench", "--model", "random:tiny", "--prompts", "1", "--no-options", "--no-replay"]
     assert main([*argv, *flags]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_bench_concurrency_reports_load_and_plots(tmp_path: Path) -> None:
+    from power_sampling.cli import main
+
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    out, plot = tmp_path / "load.json", tmp_path / "load.png"
+    argv = ["bench", "--model", "random:tiny", "--concurrency", "1,4", "--json-out", str(out)]
+    assert main([*argv, "--plot", str(plot), "--max-new-tokens", "8", *flags]) == 0
+    report = json.loads(out.read_text())
+    points = {(p["method"], p["concurrency"]): p for p in report["load"]}
+    assert set(points) == {(m, c) for m in ("standard", "power") for c in (1, 4)}
+    for method in ("standard", "power"):  # four requests' calls merged: fewer than 4x one's
+        alone, together = points[method, 1], points[method, 4]
+        assert together["requests"] == 4 and together["completion_tokens"] > 0
+        assert together["backend_calls"] < 4 * alone["backend_calls"]
+    assert report["short_behind_long"]["short_latency"] > 0
+    assert plot.stat().st_size > 0
