@@ -54,6 +54,12 @@ def test_every_config_field_has_a_flag() -> None:
         "seed": 13,
         "adaptive_tolerance": 0.25,
         "reuse_rollouts": True,
+        "num_particles": 17,
+        "ess_threshold": 0.25,
+        "resample_interval": 3,
+        "alpha_ramp_tokens": 5,
+        "mask_eos_tokens": 2,
+        "lookahead_rollouts": 1,
     }
     assert set(values) == set(PowerSamplingConfig.model_fields), "update this test's values"
     argv: list[str] = []
