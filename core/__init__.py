@@ -21,7 +21,7 @@ Layout, from the bottom up (a room imports only the rooms above it in this list)
 - ``serving/``, ``integrations/``: the OpenAI-compatible HTTP server; LangChain and DSPy.
 - ``cli/``: the ``power-sampling`` command, one module per subcommand.
 
-``tests/unit/test_layout.py`` holds the package to this order.
+``tests/core/test_layout.py`` holds the package to this order.
 """
 
 from .backends.base import Backend, StopCondition, TextBackend

@@ -2,7 +2,8 @@
 
 The vLLM venv (``.venv-vllm``, built by ``make test-vllm``) pins an older transformers and has
 none of the other extras, so pytest run there collects ``tests/vllm_backend`` only. Elsewhere
-the vLLM tests skip themselves when vLLM is not importable.
+the vLLM tests skip themselves when vLLM is not importable. The other folders mirror the
+package's rooms; ``tables.py`` and ``serve_helpers.py`` are helpers they share.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 
 import pytest
 
-collect_ignore = ["unit", "integration", "gpu"] if Path(sys.prefix).name == ".venv-vllm" else []
+_ROOMS = [p.name for p in Path(__file__).parent.iterdir() if p.is_dir() and p.name[0] != "_"]
+# Test modules use each other's exact helpers (tables, targets) by module name, across rooms.
+sys.path[:0] = [str(Path(__file__).parent / room) for room in _ROOMS]
+collect_ignore = (
+    [room for room in _ROOMS if room != "vllm_backend"]
+    if Path(sys.prefix).name == ".venv-vllm"
+    else []
+)
 
 
 @pytest.fixture(scope="session")
