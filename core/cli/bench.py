@@ -165,7 +165,7 @@ def _load(args: Any, backend: Any, config: Any, prompts: list[Prompt]) -> int:
     """``--concurrency``: the load bench of :mod:`power_sampling.measure.concurrency`."""
     from ..measure.concurrency import as_json, load_markdown, plot_load, run_load, short_behind_long
 
-    levels = parse_lengths(args.concurrency, "--concurrency", "1,8")
+    levels = parse_lengths(args.concurrency, "--concurrency", "1,8", "request counts")
     configs = {
         "standard": config.replace(method="standard"),
         "power": config.replace(method="power"),
@@ -192,7 +192,10 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
 
 
 def parse_lengths(
-    spec: str, flag: str = "--prompt-lengths", example: str = "256,1024,4096"
+    spec: str,
+    flag: str = "--prompt-lengths",
+    example: str = "256,1024,4096",
+    what: str = "token counts",
 ) -> list[int]:
     """Counts from a comma-separated flag value (integers >= 1): prompt lengths by default."""
     try:
@@ -201,7 +204,7 @@ def parse_lengths(
         counts = []
     if not counts or min(counts) < 1:
         raise UsageError(
-            f"{flag} {spec!r} is invalid: use comma-separated integers >= 1, e.g. {example}"
+            f"{flag} {spec!r} is invalid: use comma-separated {what} >= 1, e.g. {example}"
         )
     return counts
 
