@@ -152,7 +152,9 @@ def draw(
         logp = torch.log_softmax(logits, -1)
         logq = logp if temperature == 1.0 else scaled_log_softmax(logits, temperature)
     cdf = logq.exp().cumsum(-1)
-    u = uniforms[:, None].to(cdf.dtype)
+    # A float64 uniform just below 1 rounds to 1.0 in float32: keep it below, or it would land
+    # past the last token of positive probability.
+    u = uniforms[:, None].to(cdf.dtype).clamp_max(1.0 - torch.finfo(cdf.dtype).eps / 2)
     # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of
     # probability zero (its cumulative sum equals its predecessor's).
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(cdf.shape[1] - 1)
