@@ -232,13 +232,7 @@ class Batcher:
     def _sample(self, calls: list[_Call]) -> list[SampleOutput]:
         _, n, temperature, stop, keep_cache = calls[0].key
         prefixes = [p for call in calls for p in call.prefixes]
-        kwargs: dict[str, Any] = {}
-        if any(call.options["constraint"] is not None for call in calls):
-            kwargs["constraint"] = [
-                m
-                for call in calls
-                for m in (call.options["constraint"] or [None] * len(call.prefixes))
-            ]
+        kwargs = _constraint_kwargs(calls)
         self.calls += 1
         out = self.backend.sample(
             prefixes,
@@ -261,13 +255,7 @@ class Batcher:
     def _top_k(self, calls: list[_Call]) -> list[TopKOutput]:
         _, keep_cache = calls[0].key
         prefixes = [p for call in calls for p in call.prefixes]
-        kwargs: dict[str, Any] = {}
-        if any(call.options["constraint"] is not None for call in calls):
-            kwargs["constraint"] = [
-                m
-                for call in calls
-                for m in (call.options["constraint"] or [None] * len(call.prefixes))
-            ]
+        kwargs = _constraint_kwargs(calls)
         self.calls += 1
         k = max(call.options["k"] for call in calls)
         out = self.backend.top_k(prefixes, k, keep_cache=keep_cache, **kwargs)
@@ -281,6 +269,18 @@ class Batcher:
             )
             for c, part, share in zip(calls, parts, shares, strict=True)
         ]
+
+
+def _constraint_kwargs(calls: Sequence[_Call]) -> dict[str, Any]:
+    """``{"constraint": one matcher or None per merged prefix}`` when any call is constrained,
+    else ``{}`` (backends without constraint support keep serving unconstrained calls)."""
+    if all(call.options["constraint"] is None for call in calls):
+        return {}
+    return {
+        "constraint": [
+            m for call in calls for m in (call.options["constraint"] or [None] * len(call.prefixes))
+        ]
+    }
 
 
 def _split(items: Sequence[Any], calls: Sequence[_Call]) -> list[list[Any]]:
