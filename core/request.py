@@ -77,11 +77,13 @@ def resolve_settings(base: PowerSamplingConfig, settings: Mapping[str, Any]) -> 
 
 
 def unknown_setting_message(key: str, extra: Sequence[str] = ()) -> str:
-    """``key`` is not a setting: the message names the closest valid name and lists them all."""
-    names = [*_FIELDS, *ALIASES, *extra]
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    """``key`` is not a setting: the message names the closest valid name and lists each valid
+    name once, the closest matches first."""
+    names = list(dict.fromkeys([*_FIELDS, *ALIASES, *extra]))
+    close = difflib.get_close_matches(key, names, n=len(names), cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown setting {key!r}: {hint}valid settings are {', '.join(sorted(names))}"
+    listed = [*close, *sorted(set(names) - set(close))]
+    return f"unknown setting {key!r}: {hint}valid settings are {', '.join(listed)}"
 
 
 def check_prompt(prompt: object) -> None:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.language_models import LangSmithParams
+from langchain_core.language_models import BaseChatModel, BaseLLM, LangSmithParams
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -37,6 +37,9 @@ Stop = list[str] | None
 # Keys LangChain, its standard tests and agents pass that mean nothing to a local sampler.
 _IGNORED = {"api_key", "base_url", "timeout", "max_retries", "temperature", "stream", "strict"}
 _IGNORED |= {"parallel_tool_calls", "ls_structured_output_format"}
+# LangChain's own fields (callbacks, cache, rate_limiter, ...): valid keys, but not our settings,
+# so an unknown-setting message does not list them.
+_LANGCHAIN_FIELDS = frozenset(BaseChatModel.model_fields) | frozenset(BaseLLM.model_fields)
 
 
 def _settings_fields() -> dict[str, Any]:
@@ -93,7 +96,8 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
             return values
         known = set(cls.model_fields) | {"model_name", "max_tokens"}
         for key in set(values) - known - _IGNORED:
-            raise ValueError(unknown_setting_message(key, extra=sorted(cls.model_fields)))
+            ours = [f for f in cls.model_fields if f not in _LANGCHAIN_FIELDS]
+            raise ValueError(unknown_setting_message(key, extra=[*ours, "model_name"]))
         if values.get("temperature") not in (None, 0, 1):
             logger.warning("temperature is ignored: power sampling sharpens with alpha")
         return values
