@@ -17,7 +17,9 @@ first call and leaves it when it ends, so nobody waits for another request to fi
 - A bad prompt fails its own request only.
 - :meth:`Scheduler.submit` returns a :class:`Job` at once; ``Job.cancel()`` (also called when a
   caller stops reading a stream or an ``await`` is cancelled) stops the request at its next
-  model call and frees its place.
+  model call and frees its place. A ``timeout`` on :meth:`Scheduler.generate` or
+  :meth:`Scheduler.stream` (and their async forms) is a deadline for the whole request: past it
+  the request is cancelled and ``TimeoutError`` is raised.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import copy
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -148,39 +151,57 @@ class Scheduler:
             self._admit()
         return job
 
-    def generate(self, request: Request) -> Generation:
-        """Run ``request`` and wait for its generation."""
+    def generate(self, request: Request, *, timeout: float | None = None) -> Generation:
+        """Run ``request`` and wait for its generation (at most ``timeout`` seconds)."""
         job = self.submit(request)
         try:
-            return job.future.result()
-        except BaseException:
-            job.cancel()  # e.g. KeyboardInterrupt while waiting
-            raise
+            return job.future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise _timed_out(timeout) from None
+        finally:
+            job.cancel()  # a no-op once finished; else e.g. KeyboardInterrupt while waiting
 
-    def stream(self, request: Request) -> Iterator[Chunk]:
-        """Yield the request's chunks as they are committed; stopping early cancels it."""
+    def stream(self, request: Request, *, timeout: float | None = None) -> Iterator[Chunk]:
+        """Yield the request's chunks as they are committed; stopping early cancels it, and so
+        does ``timeout`` (seconds for the whole request), with ``TimeoutError``."""
         chunks: queue.Queue[Any] = queue.Queue()
+        deadline = None if timeout is None else time.monotonic() + timeout
         job = self.submit(request, on_chunk=chunks.put)
         job.future.add_done_callback(lambda _: chunks.put(_STOP))
         try:
-            while (chunk := chunks.get()) is not _STOP:
+            while True:
+                wait = None if deadline is None else max(deadline - time.monotonic(), 0)
+                try:
+                    chunk = chunks.get(timeout=wait)
+                except queue.Empty:
+                    raise _timed_out(timeout) from None
+                if chunk is _STOP:
+                    break
                 yield chunk
             job.future.result()  # raises the request's error, if any
         finally:
             job.cancel()
 
-    async def agenerate(self, request: Request) -> Generation:
+    async def agenerate(self, request: Request, *, timeout: float | None = None) -> Generation:
         """:meth:`generate` without blocking the event loop; cancelling the await cancels it."""
         job = self.submit(request)
         try:
-            return await asyncio.wrap_future(job.future)
+            return await asyncio.wait_for(asyncio.wrap_future(job.future), timeout)
+        except TimeoutError:
+            if job.future.done() and not job.future.cancelled():
+                raise  # the request's own error
+            raise _timed_out(timeout) from None
         finally:
             job.cancel()  # a no-op once finished
 
-    async def astream(self, request: Request) -> AsyncIterator[Chunk]:
-        """:meth:`stream` for async callers; closing the iterator or cancelling cancels it."""
+    async def astream(
+        self, request: Request, *, timeout: float | None = None
+    ) -> AsyncIterator[Chunk]:
+        """:meth:`stream` for async callers; closing the iterator, cancelling or ``timeout``
+        cancels it."""
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Any] = asyncio.Queue()
+        deadline = None if timeout is None else loop.time() + timeout
 
         def put(item: Any) -> None:
             try:
@@ -191,7 +212,14 @@ class Scheduler:
         job = self.submit(request, on_chunk=put)
         job.future.add_done_callback(lambda _: put(_STOP))
         try:
-            while (chunk := await chunks.get()) is not _STOP:
+            while True:
+                wait = None if deadline is None else max(deadline - loop.time(), 0)
+                try:
+                    chunk = await asyncio.wait_for(chunks.get(), wait)
+                except TimeoutError:
+                    raise _timed_out(timeout) from None
+                if chunk is _STOP:
+                    break
                 yield chunk
             if not job.future.cancelled():
                 job.future.result()
@@ -255,6 +283,13 @@ class Scheduler:
                 self._running.discard(job)
                 self._used -= job._slots
                 self._admit()
+
+
+def _timed_out(timeout: float | None) -> TimeoutError:
+    return TimeoutError(
+        f"the request took longer than timeout={timeout:g} s and was cancelled; raise the "
+        "timeout or ask for less work (max_new_tokens, num_rollouts, a smaller preset)"
+    )
 
 
 _SHARED: weakref.WeakValueDictionary[int, Scheduler] = weakref.WeakValueDictionary()

@@ -46,6 +46,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from ...chat.render import ChatOptions, RenderedChat, render, render_chat
 from ...generation import Generation
+from . import calls
 from . import tool_calls as tc
 from .messages import (
     Reply,
@@ -55,7 +56,7 @@ from .messages import (
     openai_tool,
     require_tool_call,
 )
-from .params import PowerSamplingParams, Stop, cost, usage
+from .params import PARALLEL_TOOL_CALLS, PowerSamplingParams, Stop, cost, usage
 
 __all__ = ["ChatPowerSampling", "PowerSamplingLLM"]
 
@@ -77,16 +78,35 @@ class PowerSamplingLLM(PowerSamplingParams, BaseLLM):
     def _generate(
         self, prompts: list[str], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> LLMResult:
-        scheduler = self._scheduler()
-        jobs = [scheduler.submit(self._request(p, stop, kwargs)) for p in prompts]
-        return self._result([job.future.result() for job in jobs])
+        requests = [self._request(p, stop, kwargs) for p in prompts]
+        on_text = None
+        if run_manager:  # pieces of every prompt, as ChatOllama reports them on invoke too
+
+            def on_text(_: int, text: str) -> None:
+                run_manager.on_llm_new_token(text, chunk=GenerationChunk(text=text))
+
+        gens = calls.run_all(self._scheduler(), requests, self._options(kwargs), on_text)
+        return self._result(gens)
 
     async def _agenerate(
         self, prompts: list[str], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> LLMResult:
-        scheduler = self._scheduler()
-        runs = [scheduler.agenerate(self._request(p, stop, kwargs)) for p in prompts]
-        return self._result(list(await asyncio.gather(*runs)))
+        scheduler, options = self._scheduler(), self._options(kwargs)
+
+        async def run(prompt: str) -> Generation:
+            gen = None
+            async for piece in calls.astream(
+                scheduler, self._request(prompt, stop, kwargs), options
+            ):
+                if run_manager and piece.text:
+                    await run_manager.on_llm_new_token(
+                        piece.text, chunk=GenerationChunk(text=piece.text)
+                    )
+                gen = piece.generation or gen
+            assert gen is not None
+            return gen
+
+        return self._result(list(await asyncio.gather(*(run(p) for p in prompts))))
 
     def _result(self, gens: list[Generation]) -> LLMResult:
         token_usage = usage(gens, "prompt")
@@ -99,7 +119,8 @@ class PowerSamplingLLM(PowerSamplingParams, BaseLLM):
     def _stream(
         self, prompt: str, stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> Iterator[GenerationChunk]:
-        for piece in self._scheduler().stream(self._request(prompt, stop, kwargs)):
+        request, options = self._request(prompt, stop, kwargs), self._options(kwargs)
+        for piece in calls.stream(self._scheduler(), request, options):
             chunk = _text_chunk(piece.text, piece.generation)
             if run_manager and chunk.text:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -108,7 +129,8 @@ class PowerSamplingLLM(PowerSamplingParams, BaseLLM):
     async def _astream(
         self, prompt: str, stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[GenerationChunk]:
-        async for piece in self._scheduler().astream(self._request(prompt, stop, kwargs)):
+        request, options = self._request(prompt, stop, kwargs), self._options(kwargs)
+        async for piece in calls.astream(self._scheduler(), request, options):
             chunk = _text_chunk(piece.text, piece.generation)
             if run_manager and chunk.text:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -152,17 +174,26 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     def _generate(
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> ChatResult:
-        *_, reply = self._run(messages, stop, kwargs)
+        reply = None
+        for item in self._run(messages, stop, kwargs):  # streamed, as ChatOllama's invoke is
+            if isinstance(item, Reply):
+                reply = item
+            elif run_manager:
+                run_manager.on_llm_new_token(item, chunk=chat_chunk(item))
+        assert reply is not None
         return chat_result(reply)
 
     async def _agenerate(
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> ChatResult:
-        chat = self._chat(messages, stop, kwargs)
-        gen = await self._scheduler().agenerate(chat.request)
-        splitter = tc.ReplySplitter(tools=bool(chat.tools))
-        splitter.push(gen.text or "")
-        return chat_result(self._reply(chat, splitter, [gen]))
+        reply = None
+        async for item in self._arun(messages, stop, kwargs):
+            if isinstance(item, Reply):
+                reply = item
+            elif run_manager:
+                await run_manager.on_llm_new_token(item, chunk=chat_chunk(item))
+        assert reply is not None
+        return chat_result(reply)
 
     def _stream(
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
@@ -173,26 +204,26 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     async def _astream(
         self, messages: list[BaseMessage], stop: Stop = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
-        chat = self._chat(messages, stop, kwargs)
-        splitter, gen = tc.ReplySplitter(tools=bool(chat.tools)), None
-        async for chunk in self._scheduler().astream(chat.request):
-            if delta := splitter.push(chunk.text):
-                yield chat_chunk(delta)
-            gen = chunk.generation or gen
-        assert gen is not None
-        yield chat_chunk(self._reply(chat, splitter, [gen]))
+        async for item in self._arun(messages, stop, kwargs):
+            yield chat_chunk(item)
 
     def bind_tools(
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
         *,
         tool_choice: str | dict[str, Any] | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[Any, AIMessage]:
         """Bind tools; ``tool_choice`` is ``"auto"`` (default: text, or text and one call),
         ``"any"``/``"required"`` (one call of any tool), ``"none"`` or a tool name (one call of
-        it). Calls are constrained to the tool's schema; only one cut by ``max_new_tokens``
-        ends up in ``invalid_tool_calls``."""
+        it). Calls are always constrained to the tool's schema, so ``strict`` (OpenAI's flag
+        for that) changes nothing, whatever its value; only a call cut by ``max_new_tokens``
+        ends up in ``invalid_tool_calls``. A reply holds at most one call:
+        ``parallel_tool_calls=True`` raises ``ValueError``."""
+        if parallel_tool_calls:
+            raise ValueError(PARALLEL_TOOL_CALLS)
         formatted = [openai_tool(t) for t in tools]
         choice = tc.normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])
         return self.bind(tools=formatted, tool_choice=choice, **kwargs)
@@ -262,7 +293,20 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         """Visible text deltas, then the ``Reply``: invoke and stream share this one path."""
         chat = self._chat(messages, stop, kwargs)
         splitter, gen = tc.ReplySplitter(tools=bool(chat.tools)), None
-        for chunk in self._scheduler().stream(chat.request):
+        for chunk in calls.stream(self._scheduler(), chat.request, self._options(kwargs)):
+            if delta := splitter.push(chunk.text):
+                yield delta
+            gen = chunk.generation or gen
+        assert gen is not None
+        yield self._reply(chat, splitter, [gen])
+
+    async def _arun(
+        self, messages: list[BaseMessage], stop: Stop, kwargs: dict[str, Any]
+    ) -> AsyncIterator[str | Reply]:
+        """:meth:`_run` for async callers."""
+        chat = self._chat(messages, stop, kwargs)
+        splitter, gen = tc.ReplySplitter(tools=bool(chat.tools)), None
+        async for chunk in calls.astream(self._scheduler(), chat.request, self._options(kwargs)):
             if delta := splitter.push(chunk.text):
                 yield delta
             gen = chunk.generation or gen
@@ -279,6 +323,7 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     def _metadata(self, gens: list[Generation]) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
+            "model_provider": "power_sampling",
             "finish_reason": gens[-1].finish_reason,
             "power_sampling": cost(gens),
         }

@@ -30,13 +30,15 @@ from ...generation import Generation
 from ...generation import cost as cost  # re-exported for the adapters
 from ...request import Request, resolve_settings, unknown_setting_message
 from ...samplers.power_sampler import PowerSampler
+from .calls import CallOptions
 
 logger = logging.getLogger("power_sampling.integrations.langchain.chat_model")
 
 Stop = list[str] | None
 # Keys LangChain, its standard tests and agents pass that mean nothing to a local sampler.
-_IGNORED = {"api_key", "base_url", "timeout", "max_retries", "temperature", "stream", "strict"}
+_IGNORED = {"api_key", "base_url", "temperature", "stream", "strict"}
 _IGNORED |= {"parallel_tool_calls", "ls_structured_output_format"}
+_CALL_KEYS = {"timeout", "max_retries"}  # how a call runs (see .calls), per call too
 # LangChain's own fields (callbacks, cache, rate_limiter, ...): valid keys, but not our settings,
 # so an unknown-setting message does not list them.
 _LANGCHAIN_FIELDS = frozenset(BaseChatModel.model_fields) | frozenset(BaseLLM.model_fields)
@@ -86,6 +88,12 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
     """Base settings, ``"paper"`` or ``"cpu"`` (small budgets); the fields override it."""
     stop: list[str] | None = None
     """Stop strings, cut from the output; a call's own ``stop`` replaces them."""
+    timeout: float | None = None
+    """Seconds a call may take, retries included; past it the generation is cancelled and
+    ``TimeoutError`` raised (None: no limit). Per call: ``invoke(x, timeout=...)``."""
+    max_retries: int = 2
+    """Retries of a call the model's queue had no room for (``QueueFull``), with exponential
+    backoff; errors of the call itself are never retried."""
 
     _config: PowerSamplingConfig = PrivateAttr(default_factory=PowerSamplingConfig)
 
@@ -113,6 +121,7 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
             base = PowerSamplingConfig.preset(self.preset)
         fields = {f: getattr(self, f) for f in PowerSamplingConfig.model_fields}
         self._config = resolve_settings(base, fields)  # the config's error names field and fix
+        CallOptions(self.timeout, self.max_retries)  # checks both
         return self
 
     @property
@@ -136,8 +145,19 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
     def _get_ls_params(self, stop: Stop = None, **kwargs: Any) -> LangSmithParams:
         params: LangSmithParams = super()._get_ls_params(stop=stop, **kwargs)  # type: ignore[misc]
         params["ls_provider"] = "power_sampling"
-        params.setdefault("ls_max_tokens", self._config.max_new_tokens)
+        named = kwargs.get("model")
+        params["ls_model_name"] = named if isinstance(named, str) else self.model_name
+        # the call's own value (a per-call max_new_tokens or max_tokens), else the instance's
+        limit = kwargs.get("max_new_tokens", kwargs.get("max_tokens"))
+        params["ls_max_tokens"] = limit if isinstance(limit, int) else self._config.max_new_tokens
+        if stop is None and self.stop:
+            params["ls_stop"] = list(self.stop)
         return params
+
+    def _options(self, kwargs: dict[str, Any]) -> CallOptions:
+        """The call's ``timeout`` and ``max_retries`` (its own, else the instance's)."""
+        timeout = kwargs.get("timeout", self.timeout)
+        return CallOptions(timeout, kwargs.get("max_retries", self.max_retries))
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with the model's own tokenizer (loads the model)."""
@@ -169,9 +189,19 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
                 f"this instance holds {self.model_name!r} and cannot switch models per call: "
                 f"create another one with model={settings['model']!r}"
             )
-        settings = {k: v for k, v in settings.items() if k not in _IGNORED and k != "model"}
+        if settings.get("parallel_tool_calls"):
+            raise ValueError(PARALLEL_TOOL_CALLS)
+        dropped = _IGNORED | _CALL_KEYS | {"model"}
+        settings = {k: v for k, v in settings.items() if k not in dropped}
         stops = list(self.stop or []) if stop is None else list(stop)
         return Request(prompt, resolve_settings(self._config, settings), tuple(stops))
+
+
+PARALLEL_TOOL_CALLS = (
+    "parallel_tool_calls=True is not supported: a reply holds at most one tool call, constrained "
+    "to its tool's schema; leave parallel_tool_calls unset or False (an agent calls the tools one "
+    "turn at a time)"
+)
 
 
 def usage(gens: Sequence[Generation], names: str = "input") -> Any:
