@@ -2,7 +2,10 @@
 
 Every adapter instance, copy and configurable alternative that names the same model, device,
 dtype and loading options gets the same backend object, so a 7B model is never loaded twice
-and ``deepcopy``/``pickle`` of an adapter never copies weights.
+and ``deepcopy``/``pickle`` of an adapter never copies weights. A live object an adapter was
+given (``backend=``, ``sampler=``) pickles by reference (:func:`share`, :func:`shared`): the
+reference resolves in this process and in its forks, where the object is; elsewhere it is an
+error saying to build the adapter from the model's name.
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ import json
 import logging
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..backends.base import Backend
 
-__all__ = ["load_shared", "loaded_models"]
+__all__ = ["load_shared", "loaded_models", "share", "shared"]
 
 logger = logging.getLogger(__name__)
 
 _MODELS: dict[str, Backend] = {}
 _LOCKS: dict[str, threading.Lock] = {}
 _GUARD = threading.Lock()
+_PROCESS = uuid.uuid4().hex  # inherited by forks, which hold the same objects
+_OBJECTS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def _key(
@@ -88,3 +95,31 @@ def loaded_models() -> list[str]:
     """Keys of the models loaded so far (for logs and tests)."""
     with _GUARD:
         return list(_MODELS)
+
+
+def share(obj: Any) -> str:
+    """A key to ``obj`` that :func:`shared` resolves in this process (and its forks) while the
+    object lives: what pickling an adapter built from a live backend saves instead of it."""
+    key = f"{_PROCESS}:{type(obj).__qualname__}:{id(obj):x}"
+    try:
+        with _GUARD:
+            _OBJECTS[key] = obj
+    except TypeError as exc:  # no weak references to it: it cannot be referred to safely
+        raise TypeError(
+            f"cannot pickle a reference to the {type(obj).__name__} object; build the adapter "
+            "with model='<name or path>' instead, which pickles by name"
+        ) from exc
+    return key
+
+
+def shared(key: str, what: str = "the backend") -> Any:
+    """The object :func:`share` gave ``key`` to; a clear ``LookupError`` where it is not here."""
+    with _GUARD:
+        obj = _OBJECTS.get(key)
+    if obj is None:
+        raise LookupError(
+            f"{what} this object was pickled with lives in another process (or is gone): a live "
+            "backend pickles by reference, for this process and its forks only. Build it with "
+            "model='<name or path>' to pickle it by name, and it loads the model where unpickled"
+        )
+    return obj

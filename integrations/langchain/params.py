@@ -24,7 +24,7 @@ from pydantic import (
 from ...backends.base import TextBackend
 from ...backends.models import DEFAULT_MODEL
 from ...config import PowerSamplingConfig
-from ...engine.registry import load_shared
+from ...engine.registry import load_shared, share, shared
 from ...engine.scheduler import Scheduler, scheduler_for
 from ...generation import Generation
 from ...generation import cost as cost  # re-exported for the adapters
@@ -124,6 +124,41 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
         CallOptions(self.timeout, self.max_retries)  # checks both
         return self
 
+    # -- serialisation: settings and the model's name, never weights -----------------------------
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """``dumpd``/``loads`` round-trip: the settings and the model's name."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["power_sampling", "integrations", "langchain"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {}  # the model runs in process: there is no key to hide
+
+    def to_json(self) -> Any:
+        if self.backend is not None or self.sampler is not None:
+            return self.to_json_not_implemented()  # a live object; model= serialises by name
+        return super().to_json()
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        fields = dict(state["__dict__"])
+        for name in ("backend", "sampler"):  # live objects: pickled by reference (registry)
+            if fields.get(name) is not None:
+                fields[name] = _Shared(share(fields[name]))
+        return {**state, "__dict__": fields}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        fields = dict(state["__dict__"])
+        for name, value in fields.items():
+            if isinstance(value, _Shared):
+                fields[name] = shared(value.key, f"the {name}")
+        super().__setstate__({**state, "__dict__": fields})
+
     @property
     def config(self) -> PowerSamplingConfig:
         """The sampler settings of this instance."""
@@ -195,6 +230,13 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
         settings = {k: v for k, v in settings.items() if k not in dropped}
         stops = list(self.stop or []) if stop is None else list(stop)
         return Request(prompt, resolve_settings(self._config, settings), tuple(stops))
+
+
+class _Shared:
+    """A pickled reference to a live backend or sampler (see ``engine.registry.share``)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
 
 
 PARALLEL_TOOL_CALLS = (

@@ -1,12 +1,16 @@
 """The LangChain adapter honours the arguments and callbacks users know from ChatOllama and the
 hosted chat models: ``timeout``, ``max_retries``, ``parallel_tool_calls``, token callbacks on
-every call, per-call LangSmith params, and unknown-setting errors that name only our settings.
+every call, per-call LangSmith params, unknown-setting errors that name only our settings, and
+serialisation (``dumpd``/``loads`` by name, ``pickle`` of a live backend by reference).
 """
 
 from __future__ import annotations
 
 import asyncio
+import pickle
 import re
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -19,7 +23,9 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 
+from power_sampling import PowerSampler
 from power_sampling.backends.scripted import ScriptedLM
+from power_sampling.engine.registry import loaded_models
 from power_sampling.engine.scheduler import QueueFull, Scheduler
 from power_sampling.integrations.langchain import ChatPowerSampling, PowerSamplingLLM
 from power_sampling.integrations.langchain import calls as lc_calls
@@ -254,3 +260,46 @@ def test_unknown_setting_lists_our_settings_once_closest_first(cls: type) -> Non
     for internal in ("rate_limiter", "callbacks", "cache", "verbose", "tags", "metadata"):
         assert internal not in listed
     assert {"alpha", "model", "device", "preset", "timeout", "max_tokens"} <= set(listed)
+
+
+# -- serialisation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [ChatPowerSampling, PowerSamplingLLM])
+def test_dumpd_loads_round_trip_settings_and_model_name(cls: type) -> None:
+    from langchain_core.load import dumpd, dumps, load, loads
+
+    llm = cls(model="org/some-model", preset="cpu", alpha=2, stop=["\n\n"], timeout=30)
+    serialized = dumpd(llm)
+    assert serialized["type"] == "constructor"
+    assert serialized["id"] == ["power_sampling", "integrations", "langchain", cls.__name__]
+    assert serialized["kwargs"]["model"] == "org/some-model"
+    for back in (
+        load(serialized, valid_namespaces=["power_sampling"], allowed_objects=[cls]),
+        loads(dumps(llm), valid_namespaces=["power_sampling"], allowed_objects=[cls]),
+    ):
+        assert type(back) is cls and back.model_name == "org/some-model"
+        assert back.config == llm.config and back.stop == ["\n\n"] and back.timeout == 30
+    assert not any("some-model" in key for key in loaded_models())  # nothing was loaded
+
+
+def test_a_live_backend_pickles_by_reference() -> None:
+    backend = ScriptedLM(tiny_tokenizer(), "from the same backend")
+    llm = ChatPowerSampling(backend=backend, **BUDGET, alpha=2)
+    assert llm.to_json()["type"] == "not_implemented"  # a live object has no JSON form
+    back = pickle.loads(pickle.dumps(llm))
+    assert back.backend is backend and back.config == llm.config
+    assert back.invoke("Hi").content == "from the same backend"
+    sampler = PowerSampler(backend)
+    assert pickle.loads(pickle.dumps(PowerSamplingLLM(sampler=sampler))).sampler is sampler
+    named = pickle.loads(pickle.dumps(ChatPowerSampling(model="org/some-model", alpha=2)))
+    assert named.model_name == "org/some-model" and named.config.alpha == 2
+
+
+def test_a_live_backend_does_not_unpickle_in_another_process() -> None:
+    data = pickle.dumps(ChatPowerSampling(backend=ScriptedLM(tiny_tokenizer(), "x"), **BUDGET))
+    code = "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"
+    done = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True)
+    assert done.returncode != 0
+    message = done.stderr.decode()
+    assert "LookupError" in message and "model='<name or path>'" in message

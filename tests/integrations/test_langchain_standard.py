@@ -11,8 +11,9 @@ Switched off, with reasons:
 - ``supports_model_override`` = False: an instance holds one loaded model; a per-call
   ``model=`` that differs raises a clear error instead of loading other weights.
 - image / audio / PDF / video inputs (suite defaults, False): the models are text-only.
-- ``test_serdes`` and ``test_init_from_env`` skip themselves: the model holds live objects (not
-  serialisable) and needs no API key from the environment.
+- ``test_init_from_env`` skips itself: the model needs no API key from the environment.
+  ``test_serdes`` is an expected failure: its ``allowed_objects="all"`` admits only the classes
+  langchain-core's mapping lists; ``test_serdes_by_name`` runs it with our class allowed.
 - ``enable_vcr_tests`` (default False): there is no HTTP traffic to record.
 """
 
@@ -29,6 +30,7 @@ pytest.importorskip("langchain_core")
 pytest.importorskip("transformers")
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.load import dumpd, load
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -137,6 +139,21 @@ class TestChatPowerSamplingUnit(ChatModelUnitTests):
     @property
     def supports_model_override(self) -> bool:
         return False
+
+    @pytest.mark.xfail(
+        reason="loads(allowed_objects='all') admits only the classes in langchain-core's "
+        "mapping; test_serdes_by_name runs the same round trip with our class allowed"
+    )
+    def test_serdes(self, model: BaseChatModel, snapshot: Any) -> None:
+        super().test_serdes(model, snapshot)
+
+    def test_serdes_by_name(self, model: BaseChatModel, snapshot: Any) -> None:
+        serialized = dumpd(model)
+        assert serialized == snapshot(name="serialized")
+        loaded = load(
+            serialized, valid_namespaces=["power_sampling"], allowed_objects=[ChatPowerSampling]
+        )
+        assert loaded.dict() == model.dict()
 
 
 class TestChatPowerSamplingIntegration(ChatModelIntegrationTests):
