@@ -2,13 +2,15 @@
 every call on the model's shared :class:`~power_sampling.engine.scheduler.Scheduler` after
 :mod:`.translate` has turned it into a :class:`~power_sampling.request.Request`.
 
-Concurrent calls (``dspy.Evaluate`` threads, ``acall``) with equal settings share batched
-sampler runs; ``n > 1`` (DSPy completes the same Request n times) draws each repeat with the next
-seed.
+A full queue (``QueueFull``) is DSPy's ``RateLimitError``, which ``dspy.LM`` retries
+``num_retries`` times with backoff, as it retries a hosted model's 429. Concurrent calls
+(``dspy.Evaluate`` threads, ``acall``) with equal settings share batched sampler runs;
+``n > 1`` (DSPy completes the same Request n times) draws each repeat with the next seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import weakref
@@ -20,7 +22,7 @@ from dspy import lm15
 
 from ...config import PowerSamplingConfig
 from ...engine.registry import load_shared
-from ...engine.scheduler import Scheduler, scheduler_for
+from ...engine.scheduler import QueueFull, Scheduler, scheduler_for
 from ...generation import Generation
 from ...request import Request, resolve_settings
 from ...samplers.power_sampler import PowerSampler
@@ -34,6 +36,17 @@ from .translate import (
 )
 
 __all__ = ["AsyncPowerEngine", "PowerEngine"]
+
+RETRY_AFTER = 1.0
+"""Seconds DSPy waits before retrying a call the model's queue had no room for."""
+
+
+@contextlib.contextmanager
+def _queue_full_is_a_rate_limit() -> Iterator[None]:
+    try:
+        yield
+    except QueueFull as exc:
+        raise lm15.RateLimitError(str(exc), retry_after=RETRY_AFTER) from exc
 
 
 class PowerEngine:
@@ -108,16 +121,18 @@ class PowerEngine:
 
     def complete(self, request: lm15.Request) -> lm15.Response:
         ours = self._translate(request)
-        return self._response(self.scheduler.generate(ours))
+        with _queue_full_is_a_rate_limit():
+            return self._response(self.scheduler.generate(ours))
 
     def stream(self, request: lm15.Request) -> Iterator[Any]:
         ours = self._translate(request)
         yield lm15.StreamStartEvent(model=request.model)
         final = None
-        for chunk in self.scheduler.stream(ours):
-            if chunk.text:
-                yield delta_event(chunk.text)
-            final = chunk.generation or final
+        with _queue_full_is_a_rate_limit():
+            for chunk in self.scheduler.stream(ours):
+                if chunk.text:
+                    yield delta_event(chunk.text)
+                final = chunk.generation or final
         assert final is not None
         yield end_event(self._response(final))
 
@@ -187,16 +202,18 @@ class AsyncPowerEngine:
 
     async def complete(self, request: lm15.Request) -> lm15.Response:
         ours = self.engine._translate(request)
-        return self.engine._response(await self.engine.scheduler.agenerate(ours))
+        with _queue_full_is_a_rate_limit():
+            return self.engine._response(await self.engine.scheduler.agenerate(ours))
 
     async def stream(self, request: lm15.Request) -> AsyncIterator[Any]:
         ours = self.engine._translate(request)
         yield lm15.StreamStartEvent(model=request.model)
         final = None
-        async for chunk in self.engine.scheduler.astream(ours):
-            if chunk.text:
-                yield delta_event(chunk.text)
-            final = chunk.generation or final
+        with _queue_full_is_a_rate_limit():
+            async for chunk in self.engine.scheduler.astream(ours):
+                if chunk.text:
+                    yield delta_event(chunk.text)
+                final = chunk.generation or final
         assert final is not None
         yield end_event(self.engine._response(final))
 

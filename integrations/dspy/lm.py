@@ -53,6 +53,8 @@ def power_lm(
     sampler: PowerSampler | None = None,
     name: str | None = None,
     cache: bool = True,
+    callbacks: list[Any] | None = None,
+    num_retries: int = 3,
     max_tokens: int | None = None,
     temperature: float | None = None,
     device: str | None = None,
@@ -68,7 +70,10 @@ def power_lm(
     ``num_rollouts`` (default 8), ``config`` or ``preset`` (a ``PowerSamplingConfig`` or preset
     name such as ``"cpu"``) and ``settings`` (any other config field) set the sampler.
     ``max_tokens`` and ``temperature`` are the request defaults every ``dspy.LM`` takes (see the
-    module docstring for what temperature means here). ``cache`` is DSPy's response cache.
+    module docstring for what temperature means here). ``cache`` (DSPy's response cache),
+    ``callbacks`` (``dspy.utils.callback.BaseCallback``s, run around every call) and
+    ``num_retries`` (retries of a call the model's queue had no room for, with DSPy's backoff)
+    are ``dspy.LM``'s own and behave as there.
     """
     if preset is not None and config is not None:
         raise ValueError("pass config= or preset=, not both")
@@ -94,5 +99,7 @@ def power_lm(
         engine=engine,
         async_engine=AsyncPowerEngine(engine),
         cache=cache,
+        callbacks=callbacks,
+        num_retries=num_retries,
         **defaults,
     )
