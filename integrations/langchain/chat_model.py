@@ -207,6 +207,12 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
         async for item in self._arun(messages, stop, kwargs):
             yield chat_chunk(item)
 
+    def _get_llm_string(self, stop: Stop = None, **kwargs: Any) -> str:
+        """LangChain's cache key: every setting that runs (``_identifying_params``), not the
+        ``dumpd`` form, which an instance built from a live backend lacks."""
+        params = {**self._get_invocation_params(stop=stop, **kwargs), **kwargs}
+        return str(sorted(params.items()))
+
     def bind_tools(
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
