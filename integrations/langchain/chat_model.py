@@ -161,7 +161,11 @@ class ChatPowerSampling(PowerSamplingParams, BaseChatModel):
     constraint. ``usage_metadata`` counts prompt and completion
     tokens; ``response_metadata["power_sampling"]`` holds the settings that ran and the sampler's
     work. Unknown keys raise ``ValueError`` naming the closest setting; keys of hosted models'
-    clients (``api_key``, ``timeout``, ``max_retries``, ...) are accepted and ignored.
+    clients (``api_key``, ``base_url``) are accepted and ignored; ``timeout`` and ``max_retries``
+    are honoured (see :mod:`.calls`).
+
+    ``init_chat_model`` knows only LangChain's own providers; pass an instance instead, e.g.
+    ``create_agent(model=ChatPowerSampling(model="Qwen/Qwen2.5-7B-Instruct"), tools=[...])``.
     """
 
     streaming: bool = False

@@ -22,6 +22,7 @@ pytest.importorskip("transformers")
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
+from serve_helpers import ANSWER, reply
 
 from power_sampling import PowerSampler
 from power_sampling.backends.scripted import ScriptedLM
@@ -303,3 +304,47 @@ def test_a_live_backend_does_not_unpickle_in_another_process() -> None:
     assert done.returncode != 0
     message = done.stderr.decode()
     assert "LookupError" in message and "model='<name or path>'" in message
+
+
+# -- where a BaseChatModel is expected -------------------------------------------------------------
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def scripted_agent_model() -> ChatPowerSampling:
+    return ChatPowerSampling(backend=ScriptedLM(tiny_tokenizer(), reply), **BUDGET, seed=0)
+
+
+def test_create_agent_takes_the_instance() -> None:
+    from langchain.agents import create_agent
+
+    agent = create_agent(model=scripted_agent_model(), tools=[add])
+    state = agent.invoke({"messages": [("user", "What is 2 + 2?")]})
+    kinds = [type(m).__name__ for m in state["messages"]]
+    assert kinds == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
+    assert state["messages"][1].tool_calls[0]["args"] == {"a": 2, "b": 2}
+    assert state["messages"][2].content == "4" and state["messages"][-1].content == ANSWER
+
+
+def test_a_langgraph_node_calls_the_model() -> None:
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    model = scripted_agent_model()
+
+    def respond(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("respond", respond)
+    graph.add_edge(START, "respond")
+    graph.add_edge("respond", END)
+    handler = Recorder()
+    state = graph.compile().invoke(
+        {"messages": [("user", "What is 2 + 2?")]}, {"callbacks": [handler]}
+    )
+    assert state["messages"][-1].content == ANSWER
+    assert "".join(handler.tokens) == ANSWER  # the graph's callbacks reach the model's tokens
