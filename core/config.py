@@ -65,6 +65,13 @@ class PowerSamplingConfig(BaseModel):
     ``standard`` (temperature 1) or ``best_of_n`` (``best_of`` samples, highest base
     log-likelihood wins)."""
 
+    temperature: float | None = None
+    """Per-token sampling temperature of ``standard`` and ``low_temperature`` (OpenAI's
+    ``temperature``): tokens are drawn from p^(1/T), renormalised; 0 = greedy (the most likely
+    token at every step); None = the method's own (1 for ``standard``, 1/alpha for
+    ``low_temperature``). The other methods take only None or 1; the semantics of every
+    OpenAI-style field are in :mod:`power_sampling.fields`."""
+
     alpha: float = 4.0
     """Power exponent of the target p(x)^alpha; > 0, paper 4 (4-5 works best). 1 = the base
     model. Used by ``power``, ``mcmc``, ``smc`` and ``low_temperature`` (as temperature 1/alpha)."""
@@ -153,9 +160,11 @@ class PowerSamplingConfig(BaseModel):
             return None
         return check_integer(info.field_name, value)
 
-    @field_validator("alpha", "adaptive_tolerance", "ess_threshold", mode="before")
+    @field_validator("alpha", "adaptive_tolerance", "ess_threshold", "temperature", mode="before")
     @classmethod
     def _real(cls, value: Any, info: Any) -> Any:
+        if value is None and info.field_name == "temperature":
+            return None
         if isinstance(value, bool | str | bytes):  # pydantic would read "4" or True as numbers
             _fail(info.field_name, value, "use a number")
         return value
@@ -164,6 +173,8 @@ class PowerSamplingConfig(BaseModel):
     def _check(self) -> PowerSamplingConfig:
         if self.method not in METHODS:
             _fail("method", self.method, f"use one of {', '.join(METHODS)}")
+        if (problem := temperature_problem(self.method, self.temperature)) is not None:
+            _fail("temperature", self.temperature, problem)
         low, high = ALPHA_RANGE
         if not (math.isfinite(self.alpha) and low <= self.alpha <= high):
             _fail(
@@ -250,6 +261,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 # block's kept rollouts are every candidate and a block costs one rollout phase (H steps, no
 # candidate call): the critical path of standard decoding (README, "Critical path").
 PRESETS["paper-fast"] = dict(PRESETS["paper"], num_candidates=8, reuse_rollouts=True)
+
+
+TEMPERATURE_METHODS = ("standard", "low_temperature")
+"""The methods that draw each token at a temperature of the caller's choosing."""
+
+
+def temperature_problem(method: str, temperature: float | None) -> str | None:
+    """What is wrong with ``temperature`` under ``method`` and the fix, or None when it is
+    valid: a number >= 0 for :data:`TEMPERATURE_METHODS`, None or 1 for the others."""
+    if temperature is None:
+        return None
+    if not (math.isfinite(temperature) and temperature >= 0):
+        return "use a finite number >= 0 (0 = greedy, 1 = the model itself)"
+    if method in TEMPERATURE_METHODS or temperature == 1:
+        return None
+    if method == "best_of_n":
+        return (
+            "best_of_n draws its best_of samples from the model itself (temperature 1) and keeps "
+            "the most likely; leave temperature unset or 1, or use method='standard' for a "
+            "tempered sample"
+        )
+    return (
+        f"method={method!r} samples p(x)^alpha, which no per-token temperature gives exactly; "
+        "alpha controls the sharpening (alpha 4 is the paper's; 1 = the model itself), so set "
+        "alpha instead and leave temperature unset or 1, or use method='standard' or "
+        "'low_temperature' for a per-token temperature (0 = greedy)"
+    )
 
 
 def check_integer(field: str, value: Any) -> int:

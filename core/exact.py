@@ -57,7 +57,10 @@ def enumerate_completions(
         nxt: dict[Completion, tuple[float, float, Matcher | None]] = {}
         for prefix, entry in zip(prefixes, out.entries, strict=True):
             logp = np.asarray(entry.logprobs, dtype=np.float64)
-            logq = logp / temperature - logsumexp(logp / temperature)
+            if temperature == 0.0:  # greedy: the first entry is the most likely (lowest id)
+                logq = np.where(np.arange(len(logp)) == 0, 0.0, -np.inf)
+            else:
+                logq = logp / temperature - logsumexp(logp / temperature)
             base_p, base_q, matcher = frontier[prefix]
             for token, lp, lq in zip(entry.token_ids, logp, logq, strict=True):
                 if not np.isfinite(lp):

@@ -3,7 +3,9 @@
 Every entry point (``PowerSampler.generate``, the LangChain and DSPy adapters, the HTTP server)
 turns what its caller passed into a :class:`Request` with :func:`resolve_settings`, and from
 then on nothing re-merges settings: the request's ``config`` is what the sampler runs and what
-the :class:`~power_sampling.Generation` reports.
+the :class:`~power_sampling.Generation` reports. The OpenAI-style fields (``temperature``,
+``top_p``, ``logit_bias``, ...) mean what the table in :mod:`power_sampling.fields` says, for
+every entry point alike.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from .config import PowerSamplingConfig
 from .constraints import Constraint
+from .fields import REQUEST_FIELDS, TABLE_FIELDS, field_changes
 
 Message = Mapping[str, Any]
 Prompt = str | Sequence[Message] | Sequence[int]
@@ -61,25 +64,29 @@ class Request:
 
 
 def resolve_settings(base: PowerSamplingConfig, settings: Mapping[str, Any]) -> PowerSamplingConfig:
-    """``base`` with ``settings`` (config field names or their :data:`ALIASES`) applied.
+    """``base`` with ``settings`` (config field names or their :data:`ALIASES`, and the
+    OpenAI-style fields of :mod:`power_sampling.fields`) applied.
 
     Settings left at None keep the base value. An unknown name raises ``ValueError`` naming the
-    closest field; a bad value raises the config's own ``ValueError`` (field, value, fix).
+    closest field; a bad value raises the config's own ``ValueError`` (field, value, fix), a
+    refused OpenAI-style field a :class:`~power_sampling.errors.FieldError` naming it.
     """
     changes: dict[str, Any] = {}
+    table: dict[str, Any] = {}
     for key, value in settings.items():
         name = ALIASES.get(key, key)
-        if name not in _FIELDS:
+        if name not in _FIELDS and name not in REQUEST_FIELDS:
             raise ValueError(unknown_setting_message(key))
         if value is not None:
-            changes[name] = value
+            (table if name in TABLE_FIELDS else changes)[name] = value
+    changes.update(field_changes(table, changes.get("method", base.method)))
     return base.replace(**changes) if changes else base
 
 
 def unknown_setting_message(key: str, extra: Sequence[str] = ()) -> str:
     """``key`` is not a setting: the message names the closest valid name and lists each valid
     name once, the closest matches first."""
-    names = list(dict.fromkeys([*_FIELDS, *ALIASES, *extra]))
+    names = list(dict.fromkeys([*_FIELDS, *ALIASES, *REQUEST_FIELDS, *extra]))
     close = difflib.get_close_matches(key, names, n=len(names), cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     listed = [*close, *sorted(set(names) - set(close))]

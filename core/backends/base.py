@@ -154,7 +154,8 @@ class Backend(Protocol):
         """``n`` continuations of up to ``max_new_tokens`` tokens for every prefix.
 
         ``max_new_tokens`` is one budget for all prefixes or one per prefix.
-        Tokens are drawn at ``temperature`` (1.0 = the base model) without top-k/top-p
+        Tokens are drawn at ``temperature`` (1.0 = the base model; 0 = greedy, the most likely
+        token, lowest id among equals, with proposal log-prob 0) without top-k/top-p
         truncation. ``seed`` is one per prefix, or one for the call from which the prefixes'
         seeds are derived (:func:`prefix_seeds`); a prefix's continuations depend on its own
         seed only, never on the other prefixes of the call, so calls of several requests can be

@@ -109,7 +109,7 @@ class HFBackend(BaseBackend):
     (they would decode otherwise); reading one raises an AttributeError that names the fix
     (:attr:`no_text`, with ``{name}`` the method), and a stop string is refused (naming
     :attr:`build_with_text`). ``top_k`` refuses ``k < 1``, and ``sample`` a negative count or
-    budget and a temperature that is not positive.
+    budget and a negative temperature (0 is greedy).
     """
 
     no_text: ClassVar[str]
@@ -145,8 +145,8 @@ class HFBackend(BaseBackend):
     ) -> None:
         if n < 0 or min(limits, default=0) < 0:
             raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 0")
-        if not temperature > 0:
-            raise ValueError(f"temperature={temperature} is invalid: use a value > 0")
+        if not temperature >= 0:
+            raise ValueError(f"temperature={temperature} is invalid: use a value >= 0 (0 = greedy)")
         if stop.strings and self.text is None:
             raise ValueError(
                 "this backend has no tokenizer, so it cannot match stop strings; pass stop "

@@ -189,9 +189,14 @@ def _draw(logq: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def _tempered(logp: np.ndarray, temperature: float) -> np.ndarray:
-    """log-probs of the distribution p^(1/T), renormalised."""
+    """log-probs of the distribution p^(1/T), renormalised; at T = 0 all the mass on the most
+    likely token (the lowest id among equals): greedy."""
     if temperature == 1.0:
         return logp
+    if temperature == 0.0:
+        greedy = np.full_like(logp, -np.inf)
+        greedy[int(np.argmax(logp))] = 0.0
+        return greedy
     scaled = np.where(np.isfinite(logp), logp / temperature, -np.inf)
     peak = scaled.max()
     return scaled - (peak + np.log(np.exp(scaled - peak).sum()))

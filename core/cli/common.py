@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 from ..config import METHODS, PRESETS, PowerSamplingConfig
 from ..errors import error_message
+from ..fields import TABLE_FIELDS, field_changes
 from ..progress import progress_bar, progress_wanted
 
 if TYPE_CHECKING:
@@ -82,6 +83,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r} (or 'none')") from None
+
+
 def _optional_int(text: str) -> int | None:
     if text.strip().lower() in ("none", "null", ""):
         return None
@@ -130,16 +140,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs.update(choices=METHODS, type=str)
         elif annotation in (int, float, str):
             kwargs.update(type=annotation, metavar=annotation.__name__.upper())
-        elif _is_optional_int(annotation):
+        elif _is_optional(annotation, int):
             kwargs.update(type=_optional_int, metavar="INT|none")
+        elif _is_optional(annotation, float):
+            kwargs.update(type=_optional_float, metavar="FLOAT|none")
         else:  # a new kind of field: teach the CLI about it rather than guess
             raise TypeError(f"PowerSamplingConfig.{name}: no CLI flag type for {annotation!r}")
         group.add_argument(flag, **kwargs)
 
 
-def _is_optional_int(annotation: Any) -> bool:
+def _is_optional(annotation: Any, kind: type) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and set(get_args(annotation)) == {
-        int,
+        kind,
         type(None),
     }
 
@@ -152,13 +164,21 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> PowerSamplingConfig:
     """The validated config: ``--preset`` (or the defaults) with the flags given on top.
 
-    Raises :class:`UsageError` with the config's one-line message when a value is invalid.
+    Raises :class:`UsageError` with the config's one-line message when a value is invalid, or
+    when a flag is refused under ``--method`` by the table of :mod:`power_sampling.fields`
+    (``--temperature`` other than 1 with a power method, ``--top-k`` with a method that has no
+    candidates).
     """
     overrides = config_overrides(args)
     try:
         if args.preset:
-            return PowerSamplingConfig.preset(args.preset, **overrides)
-        return PowerSamplingConfig(**overrides)
+            config = PowerSamplingConfig.preset(args.preset, **overrides)
+        else:
+            config = PowerSamplingConfig(**overrides)
+        # the flags mean what they mean everywhere (power_sampling.fields): --top-k is K
+        table = {k: v for k, v in overrides.items() if k in TABLE_FIELDS}
+        field_changes(table, config.method)
+        return config
     except ValueError as exc:
         raise UsageError(error_message(exc)) from None
 

@@ -20,12 +20,17 @@ def make_sampler(backend: Backend, config: PowerSamplingConfig) -> Sampler:
     if config.method == "smc":
         return PowerSMCSampler(backend, config)
     if config.method == "standard":
-        return TemperatureSampler(backend, config, temperature=1.0)
+        return TemperatureSampler(backend, config, temperature=_or(config.temperature, 1.0))
     if config.method == "low_temperature":
-        return TemperatureSampler(backend, config, temperature=1.0 / config.alpha)
+        temperature = _or(config.temperature, 1.0 / config.alpha)
+        return TemperatureSampler(backend, config, temperature=temperature)
     if config.method == "best_of_n":
         return BestOfNSampler(backend, config)
     raise ValueError(f"unknown method {config.method!r}")  # unreachable: config validates it
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """The baselines the paper compares against (algorithm.md §9).
 
-* standard: temperature 1 (the base model p);
-* low temperature: temperature 1/α per token (sharpens each next-token distribution alone);
+* standard: temperature 1 (the base model p), or the config's ``temperature`` (0 = greedy);
+* low temperature: temperature 1/α per token (sharpens each next-token distribution alone), or
+  the config's ``temperature``;
 * best-of-N: N standard samples, the highest total base log-likelihood wins.
 
 Under a constraint each samples the masked model (allowed tokens renormalised, at its
@@ -21,7 +22,8 @@ from .base import Commit, Sampler, SequenceState, dead_end
 
 
 class TemperatureSampler(Sampler):
-    """Ancestral sampling at a fixed temperature: 1 (standard) or 1/α (low temperature)."""
+    """Ancestral sampling at a fixed temperature: 1 (standard) or 1/α (low temperature) unless
+    the config sets one; 0 draws the most likely token at every step (greedy)."""
 
     def __init__(self, backend: Backend, config: PowerSamplingConfig, temperature: float) -> None:
         super().__init__(backend, config)

@@ -24,6 +24,7 @@ RANKS = {
     "errors": 0,
     "progress": 0,
     "constraints": 1,
+    "fields": 1,
     "generation": 2,
     "request": 2,
     "backends": 3,

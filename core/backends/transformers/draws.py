@@ -151,24 +151,35 @@ def draw(
     else:
         logp = torch.log_softmax(logits, -1)
         logq = logp if temperature == 1.0 else scaled_log_softmax(logits, temperature)
-    cdf = logq.exp().cumsum(-1)
-    # A float64 uniform just below 1 rounds to 1.0 in float32: keep it below, or it would land
-    # past the last token of positive probability.
-    u = uniforms[:, None].to(cdf.dtype).clamp_max(1.0 - torch.finfo(cdf.dtype).eps / 2)
-    # Scaling by the total absorbs rounding in the sums; right=True never lands on a token of
-    # probability zero (its cumulative sum equals its predecessor's).
-    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(cdf.shape[1] - 1)
+    if temperature == 0.0:  # greedy: no uniform can round onto another token
+        token = logq.argmax(-1)
+    else:
+        cdf = logq.exp().cumsum(-1)
+        # A float64 uniform just below 1 rounds to 1.0 in float32: keep it below, or it would
+        # land past the last token of positive probability.
+        u = uniforms[:, None].to(cdf.dtype).clamp_max(1.0 - torch.finfo(cdf.dtype).eps / 2)
+        # Scaling by the total absorbs rounding in the sums; right=True never lands on a token
+        # of probability zero (its cumulative sum equals its predecessor's).
+        token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
+        token = token.clamp_max(cdf.shape[1] - 1)
     pick = token[:, None]
     return token, logp.gather(1, pick)[:, 0], logq.gather(1, pick)[:, 0]
 
 
 def scaled_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature), finite for any temperature > 0 a config allows.
+    """log softmax(logits / temperature), finite for any temperature > 0 a config allows; at
+    temperature 0 the limit: log-prob 0 on each row's most likely token (the lowest id among
+    equals), -inf elsewhere (greedy).
 
     The row maximum is subtracted first, so a tiny temperature (alpha 1e40) sends the others to
     -inf instead of overflowing to inf - inf = NaN; masked (-inf) logits stay -inf at any
     temperature; float64 where 1/temperature is beyond float32's range.
     """
+    if temperature == 0.0:
+        best = logits.nan_to_num(float("-inf")).argmax(-1, keepdim=True)
+        greedy = torch.full_like(logits, float("-inf"), dtype=torch.float32)
+        greedy = greedy.scatter(-1, best, 0.0)
+        return torch.where(torch.isnan(logits), logits.float(), greedy)  # NaN stays visible
     if not 1e-30 < temperature < 1e30:
         logits = logits.double()
     shifted = logits - logits.amax(-1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)

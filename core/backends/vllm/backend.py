@@ -4,9 +4,11 @@ Each protocol call is one ``LLM.generate`` call for all prefixes, so the engine 
 schedules them itself:
 
 * ``sample``: per prefix ``SamplingParams(n, max_tokens, temperature, seed, logprobs=0,
-  stop_token_ids, stop)`` with no top-k/top-p/min-p truncation. Each prefix gets its own seed
-  derived from the call's seed (vLLM gives the ``n`` children of one request ``seed + i``, so
-  the derived seeds are spread over 62 bits rather than consecutive).
+  stop_token_ids, stop)`` with no top-k/top-p/min-p truncation; temperature 0 is vLLM's own
+  greedy path (proposal log-probs 0; base log-probs rescored in a ``processed_logprobs``
+  engine). Each prefix gets its own seed derived from the call's seed (vLLM gives the ``n``
+  children of one request ``seed + i``, so the derived seeds are spread over 62 bits rather
+  than consecutive).
 * ``top_k``: ``max_tokens=1, logprobs=k`` at temperature 1; ``k`` is capped by the engine's
   ``max_logprobs``.
 * ``keep_cache`` is not needed: vLLM's own prefix cache (on by default) reuses shared prefixes

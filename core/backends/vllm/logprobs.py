@@ -82,5 +82,7 @@ def continuation(
     else:  # the drawn log-probs are the proposal's; the base ones come from rescoring
         base = scores[prefix + tokens][-len(tokens) :] if tokens else []
         proposal = logprobs
+    if temperature == 0.0:  # vLLM's greedy path: the drawn distribution is one-hot
+        proposal = [0.0] * len(tokens)
     log_mass = -math.inf if drawn.dead else float(sum(masses))
     return Continuation(tokens, sum(base), drawn.finished, tuple(base), tuple(proposal), log_mass)
