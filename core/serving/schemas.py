@@ -1,10 +1,11 @@
 """The HTTP bodies the server reads: OpenAI's chat and text completion requests.
 
-Fields OpenAI clients send that mean nothing to a power sampler (``temperature``, ``top_p``,
-``presence_penalty``, ``user``, ...) are accepted and ignored, as vLLM's server does: the
-sharpening is ``alpha``. What the server cannot honour (``logprobs``, ``echo``, ``suffix``) is
-a 400 rather than a silent difference. Power-sampling settings come in ``power_sampling`` (the
-``openai`` client's ``extra_body={"power_sampling": {...}}``).
+The sampling fields (``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, the penalties,
+``logit_bias``, ``logprobs``, ``top_logprobs``, ``n``) mean what the table in
+:mod:`power_sampling.fields` says, as in every other entry point: honoured, or a 400 whose
+``param`` is the field. Other fields that change nothing sampled (``user``, ...) are accepted,
+as vLLM's server does; ``echo`` and ``suffix`` are a 400. Power-sampling settings come in
+``power_sampling`` (the ``openai`` client's ``extra_body={"power_sampling": {...}}``).
 """
 
 from __future__ import annotations
@@ -38,13 +39,24 @@ class _Common(BaseModel):
     stream_options: StreamOptions | None = None
     power_sampling: dict[str, Any] | None = None
     """Any :class:`~power_sampling.PowerSamplingConfig` field, on top of the server's defaults."""
+    temperature: Any = None
+    top_p: Any = None
+    top_k: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
     logprobs: Any = None
 
     def unsupported(self) -> str | None:
         """The name of a field set to something the server does not do, if any."""
-        if self.logprobs not in (None, False, 0):
-            return "logprobs"
         return None
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The fields of :mod:`power_sampling.fields`' table that this body sets (``seed``,
+        ``stop`` and ``n`` have their own paths)."""
+        names = ["temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty"]
+        names += ["logit_bias", "logprobs", "top_logprobs"]
+        return {k: getattr(self, k) for k in names if getattr(self, k, None) is not None}
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -65,12 +77,7 @@ class ChatCompletionRequest(_Common):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
-    top_logprobs: int | None = None
-
-    def unsupported(self) -> str | None:
-        if self.top_logprobs:
-            return "top_logprobs"
-        return super().unsupported()
+    top_logprobs: Any = None
 
 
 class CompletionRequest(_Common):

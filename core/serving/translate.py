@@ -84,18 +84,22 @@ class Delta:
 
 
 def settings_of(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
-    """The request's sampler settings: ``power_sampling`` plus the OpenAI fields that map to one
-    (``max_tokens``/``max_completion_tokens``, ``seed``); a conflict is an error."""
+    """The request's sampler settings: ``power_sampling`` plus the OpenAI fields
+    (``max_tokens``/``max_completion_tokens``, ``seed`` and the sampling fields, whose meaning is
+    the table of :mod:`power_sampling.fields`); a conflict is an error."""
     settings = dict(body.power_sampling or {})
     limit = getattr(body, "max_completion_tokens", None) or body.max_tokens
-    for name, value in (("max_new_tokens", limit), ("seed", body.seed)):
+    fields = [("max_new_tokens", limit), ("seed", body.seed), *body.sampling_fields().items()]
+    for name, value in fields:
         if value is None:
             continue
         given = settings.get(name, settings.get("max_tokens") if name == "max_new_tokens" else None)
         if given is not None and given != value:
-            raise ValueError(
+            raise FieldError(
+                f"power_sampling.{name}",
                 f"power_sampling.{name}={given!r} contradicts the request's {value!r}: "
-                "give it in one place"
+                "give it in one place",
+                named=False,
             )
         settings[name] = value
     return settings

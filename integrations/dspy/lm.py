@@ -22,6 +22,7 @@ from typing import Any
 import dspy
 
 from ...config import PowerSamplingConfig
+from ...request import resolve_settings
 from ...samplers.power_sampler import PowerSampler
 from .engine import AsyncPowerEngine, PowerEngine
 
@@ -69,11 +70,12 @@ def power_lm(
     loading); or ``backend=`` / ``sampler=`` objects you have. ``alpha`` (default 4),
     ``num_rollouts`` (default 8), ``config`` or ``preset`` (a ``PowerSamplingConfig`` or preset
     name such as ``"cpu"``) and ``settings`` (any other config field) set the sampler.
-    ``max_tokens`` and ``temperature`` are the request defaults every ``dspy.LM`` takes (see the
-    module docstring for what temperature means here). ``cache`` (DSPy's response cache),
-    ``callbacks`` (``dspy.utils.callback.BaseCallback``s, run around every call) and
-    ``num_retries`` (retries of a call the model's queue had no room for, with DSPy's backoff)
-    are ``dspy.LM``'s own and behave as there.
+    ``max_tokens`` and ``temperature`` are the request defaults every ``dspy.LM`` takes; a call's
+    own value wins, and ``temperature`` means what :mod:`power_sampling.fields` says (per-token
+    on ``method="standard"``, 0 = greedy; only None or 1 on ``power``). ``cache`` (DSPy's
+    response cache), ``callbacks`` (``dspy.utils.callback.BaseCallback``s, run around every call)
+    and ``num_retries`` (retries of a call the model's queue had no room for, with DSPy's
+    backoff) are ``dspy.LM``'s own and behave as there.
     """
     if preset is not None and config is not None:
         raise ValueError("pass config= or preset=, not both")
@@ -92,8 +94,13 @@ def power_lm(
         **settings,
     )
     defaults = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v}
-    if temperature == 0:
-        defaults["temperature"] = 0.0
+    if temperature is None and engine.config.method != "low_temperature":
+        # 1 is every other method's own temperature; sent as the default, it keeps dspy.Predict
+        # from asking for 0.7 when n > 1 (which power sampling refuses: its sharpening is alpha)
+        temperature = 1.0
+    if temperature is not None:  # the shared table (power_sampling.fields), checked up front
+        resolve_settings(engine.config, {"temperature": temperature})
+        defaults["temperature"] = temperature
     return PowerLM(
         engine.model,
         engine=engine,

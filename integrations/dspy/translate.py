@@ -3,10 +3,11 @@
 - ``Request.system`` and ``Request.messages`` become chat messages, rendered by the one chat
   renderer (:mod:`power_sampling.chat.render`); ``max_tokens`` -> ``max_new_tokens``, ``stop``
   -> stop strings, ``seed`` -> the sampler seed.
-- ``temperature``: the proposal is the base model at temperature 1 and the target is p^alpha, so
-  None and 1.0 run the sampler as configured, 0 makes it deterministic (seed 0 unless a seed is
-  set) and 0.7, the value ``dspy.Predict`` sends by itself when ``n > 1``, is accepted as "draw
-  diverse samples" (which the sampler does). Any other value is refused with the fix (set alpha).
+- ``temperature``, ``top_p``, ``top_k``, the penalties and ``logprobs`` mean what the table in
+  :mod:`power_sampling.fields` says, as for every entry point: for example ``temperature=0`` is
+  greedy on ``method="standard"`` and refused on ``power`` (whose sharpening is alpha); a
+  refused value is DSPy's ``InvalidRequestError`` naming the field and the fix. The call's value
+  wins over ``power_lm(temperature=...)``.
 - Per-call sampler settings travel in ``metadata={"alpha": 2, ...}`` (config field names).
 - ``response_format`` (what ``dspy.JSONAdapter`` sends: a JSON schema of the output fields, or
   ``json_object`` when a field is an open mapping) constrains the reply to JSON valid under it;
@@ -28,12 +29,13 @@ from dspy import lm15
 
 from ...chat.render import ChatOptions, render
 from ...config import PowerSamplingConfig
+from ...fields import TABLE_FIELDS
 from ...generation import Generation
 from ...request import Request, content_text, resolve_settings
 from ...samplers.power_sampler import PowerSampler
 
-_ACCEPTED_TEMPERATURES = (0.0, 0.7, 1.0)  # see the module docstring
-_UNSUPPORTED = ("top_p", "top_k", "frequency_penalty", "presence_penalty", "logprobs")
+_TABLE = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "logprobs")
+"""lm15's sampling fields, applied by the shared table (:mod:`power_sampling.fields`)."""
 
 
 def model_string(name: str, config: PowerSamplingConfig, model_ref: str | None = None) -> str:
@@ -46,35 +48,29 @@ def model_string(name: str, config: PowerSamplingConfig, model_ref: str | None =
 
 
 def call_settings(request: lm15.Request, base: PowerSamplingConfig) -> PowerSamplingConfig:
-    """The settings of one call: ``base`` with the call's metadata and seed (``temperature=0``
-    without a seed: seed 0); unsupported options raise DSPy's errors with the fix."""
+    """The settings of one call: ``base`` with the call's metadata, seed and sampling fields;
+    unsupported options raise DSPy's errors with the fix."""
     cfg = request.config
     if request.tools or cfg.tool_choice is not None:
         raise _unsupported("native tool calling", "use DSPy's text tools (dspy.ReAct) instead")
-    for name in _UNSUPPORTED:
-        if getattr(cfg, name) is not None:
-            raise _unsupported(name, "set sampler settings with metadata={...} instead")
     extensions = dict(cfg.extensions or {})
     metadata = dict(extensions.pop("metadata", None) or {})
+    fields = {name: getattr(cfg, name) for name in _TABLE}
+    if cfg.logprobs is not None:  # lm15's logprobs is a count of alternatives: 0 asks for them
+        fields["logprobs"] = True if cfg.logprobs == 0 else cfg.logprobs
+    fields |= {k: extensions.pop(k) for k in list(extensions) if k in TABLE_FIELDS}
     if extensions:
         raise _unsupported(f"request options {sorted(extensions)}", "remove them")
     try:
         config = resolve_settings(base, metadata)
     except ValueError as exc:
         raise lm15.InvalidRequestError(f"invalid sampler setting in metadata: {exc}") from exc
-    temperature = cfg.temperature
-    if temperature is not None and temperature not in _ACCEPTED_TEMPERATURES:
-        raise lm15.InvalidRequestError(
-            f"temperature={temperature:g} is not supported: power sampling proposes from the "
-            f"base model at temperature 1 and samples p(x)^alpha. Set alpha instead "
-            f"(alpha={config.alpha:g} is like temperature {1 / config.alpha:.2g} per token), "
-            "e.g. power_lm(alpha=...) or metadata={'alpha': ...}; temperature may be None, "
-            "1.0, 0 (deterministic) or 0.7 (DSPy's value for n > 1)"
+    try:
+        return resolve_settings(
+            config, {"seed": cfg.seed, "max_new_tokens": cfg.max_tokens, **fields}
         )
-    seed = cfg.seed if cfg.seed is not None else config.seed
-    if seed is None and temperature == 0.0:
-        seed = 0
-    return resolve_settings(config, {"seed": seed, "max_new_tokens": cfg.max_tokens})
+    except ValueError as exc:
+        raise lm15.InvalidRequestError(str(exc)) from exc
 
 
 def sampler_request(

@@ -2,6 +2,11 @@
 (derived from :class:`~power_sampling.PowerSamplingConfig`, never re-declared), key checks, the
 shared model and scheduler, and the translation of a call into one
 :class:`~power_sampling.request.Request`.
+
+The sampling fields (``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, the penalties,
+``logit_bias``, ``logprobs``, ``n``) mean what the table in :mod:`power_sampling.fields` says,
+as for every entry point, in the constructor and per call alike; a call's value wins
+(``invoke(x, temperature=0)`` on ``method="standard"`` is greedy).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ...backends.models import DEFAULT_MODEL
 from ...config import PowerSamplingConfig
 from ...engine.registry import load_shared, share, shared
 from ...engine.scheduler import Scheduler, scheduler_for
+from ...fields import REQUEST_FIELDS
 from ...generation import Generation
 from ...generation import cost as cost  # re-exported for the adapters
 from ...request import Request, resolve_settings, unknown_setting_message
@@ -36,7 +42,7 @@ logger = logging.getLogger("power_sampling.integrations.langchain.chat_model")
 
 Stop = list[str] | None
 # Keys LangChain, its standard tests and agents pass that mean nothing to a local sampler.
-_IGNORED = {"api_key", "base_url", "temperature", "stream", "strict"}
+_IGNORED = {"api_key", "base_url", "stream", "strict"}
 _IGNORED |= {"parallel_tool_calls", "ls_structured_output_format"}
 _CALL_KEYS = {"timeout", "max_retries"}  # how a call runs (see .calls), per call too
 # LangChain's own fields (callbacks, cache, rate_limiter, ...): valid keys, but not our settings,
@@ -52,6 +58,8 @@ def _settings_fields() -> dict[str, Any]:
         alias = AliasChoices(name, "max_tokens") if name == "max_new_tokens" else None
         field = Field(None, description=info.description, validation_alias=alias)
         fields[name] = (info.annotation | None, field)
+    for name in REQUEST_FIELDS:  # OpenAI-style fields: honoured or refused by the shared table
+        fields[name] = (Any, Field(None, description=f"{name}: see power_sampling.fields"))
     return fields
 
 
@@ -106,8 +114,6 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
         for key in set(values) - known - _IGNORED:
             ours = [f for f in cls.model_fields if f not in _LANGCHAIN_FIELDS]
             raise ValueError(unknown_setting_message(key, extra=[*ours, "model_name"]))
-        if values.get("temperature") not in (None, 0, 1):
-            logger.warning("temperature is ignored: power sampling sharpens with alpha")
         return values
 
     @model_validator(mode="after")
@@ -119,7 +125,7 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
         base = self.sampler.config if self.sampler is not None else PowerSamplingConfig()
         if self.preset is not None:
             base = PowerSamplingConfig.preset(self.preset)
-        fields = {f: getattr(self, f) for f in PowerSamplingConfig.model_fields}
+        fields = {f: getattr(self, f) for f in (*PowerSamplingConfig.model_fields, *REQUEST_FIELDS)}
         self._config = resolve_settings(base, fields)  # the config's error names field and fix
         CallOptions(self.timeout, self.max_retries)  # checks both
         return self
