@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_user_misspells_or_invents_a_setting() -> None:
-    with pytest.raises(ValueError, match="unknown setting 'top_p': did you mean 'top_k'"):
-        ChatPowerSampling(model_name="Qwen/Qwen2.5-7B-Instruct", device="cuda", top_p=0.9)
+    with pytest.raises(ValueError, match="unknown setting 'topp': did you mean 'top_p'"):
+        ChatPowerSampling(model_name="Qwen/Qwen2.5-7B-Instruct", device="cuda", topp=0.9)
     with pytest.raises(ValueError, match="did you mean 'num_rollouts'"):
         PowerSampler(ScriptedLM(tiny_tokenizer(), "x"), num_rolouts=4)
     sampler = PowerSampler(ScriptedLM(tiny_tokenizer(), "x"), **SMALL)

@@ -126,7 +126,9 @@ def test_construction_is_lazy_and_accepts_client_keys() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"top_p": 0.9}, "unknown setting 'top_p': did you mean 'top_k'"),
+        ({"top_p": 0.9}, r"top_p=0\.9 is invalid: nucleus"),
+        ({"temperature": 0.3}, "alpha controls the sharpening"),
+        ({"top_p_": 0.9}, "unknown setting 'top_p_': did you mean 'top_p'"),
         ({"num_rolouts": 4}, "did you mean 'num_rollouts'"),
         ({"alpha": -1}, "alpha=-1.0 is invalid"),
         ({"top_k": 8, "num_candidates": 4, "block_size": 4}, "num_candidates=4 is invalid"),
