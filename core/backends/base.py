@@ -252,6 +252,11 @@ class BaseBackend(ABC):
         limits = budgets(max_new_tokens, len(prefixes))
         seeds = prefix_seeds(seed, len(prefixes))
         stop = self.stop if stop is None else stop
+        if not (isinstance(temperature, int | float) and 0.0 <= temperature < float("inf")):
+            raise ValueError(
+                f"temperature={temperature!r} is invalid: use a finite number >= 0 "
+                "(1 = the base model, 0 = greedy)"
+            )
         self._check_sample(n, max_new_tokens, limits, temperature, stop)
         return self._sample(
             _token_ids(prefixes),

@@ -315,8 +315,9 @@ def test_bad_input_is_rejected(backend: TransformersBackend) -> None:
             call([(1, 384)])
         with pytest.raises(ValueError, match="outside the vocabulary"):
             call([(-1,)])
-    with pytest.raises(ValueError, match="temperature"):
-        backend.sample([SHORT], 1, 3, seed=0, temperature=0.0)
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            backend.sample([SHORT], 1, 3, seed=0, temperature=bad)
 
 
 # -- batching, memory, threads, loading --------------------------------------------------------
