@@ -147,7 +147,7 @@ def test_text_completions_several_prompts_and_choices(server: Any) -> None:
         ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
         ({"messages": [{"role": "user", "content": "x " * 500}]}, 400, "context length is 400"),
         ({"tools": [ADD_TOOL], "tool_choice": "mul"}, 400, "tool_choice: 'mul' is invalid"),
-        ({"logprobs": True}, 400, "logprobs is not supported"),
+        ({"logprobs": True}, 400, "logprobs=True is invalid"),
         ({"model": "gpt-4o"}, 404, "this server serves 'scripted'"),
     ],
 )
