@@ -74,6 +74,13 @@ FAMILIES: dict[str, Family] = {
     for f in [
         Family("Llama", "LlamaConfig", "LlamaForCausalLM", _TINY),
         Family("Qwen2", "Qwen2Config", "Qwen2ForCausalLM", _TINY),
+        Family(
+            "Qwen2 (sliding window)",
+            "Qwen2Config",
+            "Qwen2ForCausalLM",
+            dict(_TINY, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+            note="full then sliding layer",
+        ),
         Family("Qwen3", "Qwen3Config", "Qwen3ForCausalLM", dict(_TINY, head_dim=8)),
         Family(
             "Mistral",

@@ -15,7 +15,8 @@ then M rollouts of each of K candidates, then the next step from the chosen cand
 once (padding excluded), plus one per batch row per decode step. ``sequential_steps`` counts the
 model runs themselves (one per prefill, one per decode step, whatever the rows): the latency.
 
-The model runs are in :mod:`.runs`, loading in :mod:`.loading`, the out-of-memory retries in
+The model runs are in :mod:`.runs`, loading in :mod:`.loading`, the check of a model's cache
+layers and the sliding-window masks in :mod:`.layout`, the out-of-memory retries in
 :mod:`.chunks`, the text methods in :mod:`..hf_text`.
 """
 
