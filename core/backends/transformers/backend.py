@@ -15,7 +15,8 @@ then M rollouts of each of K candidates, then the next step from the chosen cand
 once (padding excluded), plus one per batch row per decode step. ``sequential_steps`` counts the
 model runs themselves (one per prefill, one per decode step, whatever the rows): the latency.
 
-The model runs are in :mod:`.runs`, loading in :mod:`.loading`, the out-of-memory retries in
+The model runs are in :mod:`.runs`, loading in :mod:`.loading`, the check of a model's cache
+layers and the sliding-window masks in :mod:`.layout`, the out-of-memory retries in
 :mod:`.chunks`, the text methods in :mod:`..hf_text`.
 """
 
@@ -40,6 +41,7 @@ from ..hf_text import HFBackend, stop_ids
 from .chunks import in_chunks
 from .draws import bad_logits_message, row_uniforms
 from .kv_rows import KeptStore, Rows, share
+from .layout import WindowMasks, check_layers, layer_types
 from .loading import load_pretrained
 from .masks import RowMasks
 from .runs import ModelRuns
@@ -92,7 +94,12 @@ class TransformersBackend(ModelRuns, HFBackend):
         )
         self._set_text(tokenizer, self.name)
         params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in v5
+        # Renamed in transformers v5; a model with neither keeps no KV cache and is refused.
+        cache_arg = next((a for a in ("cache", "past_key_values") if a in params), None)
+        check_layers(model, cache_arg)
+        self._cache_arg: str = cache_arg or ""
+        types = layer_types(model)
+        self._window_masks = WindowMasks(model, types) if "sliding_attention" in types else None
         self._logits_to_keep = "logits_to_keep" in params
         self._lock = threading.RLock()
         self._kept = KeptStore()

@@ -22,6 +22,7 @@ from ..hf_text import HFText
 from .draws import Draws, draw
 from .kv_rows import KeptStore, Rows, Seq, concat, select
 from .kv_shared import budget
+from .layout import WindowMasks
 from .masks import RowMasks, masked_logprobs
 
 SYNC_EVERY = 8
@@ -39,6 +40,7 @@ class ModelRuns:
     _runs: int
     _cache_arg: str
     _logits_to_keep: bool
+    _window_masks: WindowMasks | None
 
     def _resolve(self, prefixes: list[Seq]) -> tuple[Rows, list[int], int]:
         """One row with cache and next-token logits per distinct prefix.
@@ -93,9 +95,12 @@ class ModelRuns:
         kwargs: dict[str, Any] = {self._cache_arg: rows.cache}  # updated in place
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1  # no [rows, columns, vocab] logits for a long prefill
+        mask: Any = rows.mask
+        if self._window_masks is not None:  # windows counted in tokens, not padded columns
+            mask = self._window_masks(rows.mask, ids.shape[1])
         out = self.model(
             input_ids=ids,
-            attention_mask=rows.mask,
+            attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             **kwargs,
