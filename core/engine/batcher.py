@@ -15,8 +15,11 @@ kind of call, so requests of any method and settings advance together:
    round run one after the other.
 3. Every prefix carries its own seed (:func:`~power_sampling.backends.base.prefix_seeds`), so a
    request's draws are the same whatever it is merged with.
-4. A lane joins at the next round and leaves when its request ends; a lane whose request was
-   cancelled raises :class:`Cancelled` at its next call, so it takes no part in later rounds.
+4. A lane joins at the next round and leaves when its request ends. A lane whose request was
+   cancelled raises :class:`Cancelled` at its next call, so it takes no part in later rounds;
+   inside a merged ``sample`` call, a backend that can (transformers) ends its rows at its next
+   sync point (:mod:`power_sampling.backends.cancel`), so a long rollout or answer stops
+   costing model steps within a few decode steps.
 
 Why a proxy rather than a scheduler that knows each method's steps: the samplers stay the one
 implementation of each method, and anything that speaks the backend protocol (a new method,
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import Backend, SampleOutput, TopK, TopKOutput, prefix_seeds
+from ..backends.cancel import abandon_when
 
 __all__ = ["Batcher", "Cancelled", "Lane"]
 
@@ -233,17 +237,19 @@ class Batcher:
         _, n, temperature, stop, keep_cache = calls[0].key
         prefixes = [p for call in calls for p in call.prefixes]
         kwargs = _constraint_kwargs(calls)
+        lanes = [call.lane for call in calls for _ in call.prefixes]
         self.calls += 1
-        out = self.backend.sample(
-            prefixes,
-            n,
-            [b for call in calls for b in call.options["budgets"]],
-            seed=[s for call in calls for s in call.options["seeds"]],
-            temperature=temperature,
-            stop=stop,
-            keep_cache=keep_cache,
-            **kwargs,
-        )
+        with abandon_when(lambda: {i for i, lane in enumerate(lanes) if lane._cancelled()}):
+            out = self.backend.sample(
+                prefixes,
+                n,
+                [b for call in calls for b in call.options["budgets"]],
+                seed=[s for call in calls for s in call.options["seeds"]],
+                temperature=temperature,
+                stop=stop,
+                keep_cache=keep_cache,
+                **kwargs,
+            )
         rows = _split(out.continuations, calls)
         drawn = [sum(len(c.token_ids) for r in part for c in r) for part in rows]
         shares = _shares(out.forward_tokens, drawn)

@@ -120,3 +120,45 @@ def test_a_full_queue_refuses_at_once(float64_backend: Any) -> None:
     first.cancel()
     second.future.result(timeout=300)
     gate.set()
+
+
+def test_a_cancelled_request_leaves_a_merged_decode_within_a_sync(float64_backend: Any) -> None:
+    """Cancelled in the middle of one long ``sample`` call, a request's rows end at the decode's
+    next sync point; the request it was merged with draws exactly what it draws alone."""
+    from power_sampling.backends.base import StopCondition
+    from power_sampling.backends.transformers.runs import SYNC_EVERY
+    from power_sampling.engine.batcher import Batcher, Cancelled
+
+    prompt, endless = [5, 6, 7], StopCondition()  # no stop token: only the budget ends a row
+    alone = Batcher(float64_backend).lane().sample([prompt], 1, 40, seed=2, stop=endless)
+
+    batcher = Batcher(float64_backend, window=0.5)  # both calls surely land in one round
+    gone = threading.Event()
+    long, short = batcher.lane(gone.is_set), batcher.lane()
+    outcome: dict[str, Any] = {}
+
+    def run(name: str, lane: Any, tokens: int, seed: int) -> None:
+        try:
+            outcome[name] = lane.sample([prompt], 1, tokens, seed=seed, stop=endless)
+        except Cancelled as exc:
+            outcome[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=("long", long, 900, 1)),
+        threading.Thread(target=run, args=("short", short, 40, 2)),
+    ]
+    start = float64_backend._runs
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 120
+    while float64_backend._runs - start < 60 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gone.set()
+    at_cancel = float64_backend._runs
+    for thread in threads:
+        thread.join(timeout=300)
+    assert isinstance(outcome["long"], Cancelled)
+    assert batcher.calls == 1, "the two calls were not merged"
+    # the decode ran on for at most one sync interval (plus the step under way), not to 900
+    assert float64_backend._runs - at_cancel <= SYNC_EVERY + 1
+    assert outcome["short"].continuations == alone.continuations

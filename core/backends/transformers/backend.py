@@ -37,6 +37,7 @@ from ..base import (
     TopK,
     TopKOutput,
 )
+from ..cancel import abandoned
 from ..hf_text import HFBackend, stop_ids
 from .chunks import in_chunks
 from .draws import bad_logits_message, row_uniforms
@@ -240,8 +241,20 @@ class TransformersBackend(ModelRuns, HFBackend):
                 max((limits[i] for i in mine), default=0),
                 self.device,
             )
+
+            def gone() -> list[int]:  # the rows of this chunk whose prefix was abandoned
+                lost = abandoned()
+                return [j for j, i in enumerate(mine) if i in lost] if lost else []
+
             out, decoded, done = self._decode(
-                rows, [limits[i] for i in mine], uniforms, temperature, stop, keep_cache, masks
+                rows,
+                [limits[i] for i in mine],
+                uniforms,
+                temperature,
+                stop,
+                keep_cache,
+                masks,
+                gone,
             )
             kept.extend([done] if done is not None else [])
             return out, forward + decoded

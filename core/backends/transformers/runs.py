@@ -12,6 +12,7 @@ per-decode bookkeeping in :mod:`.draws`, the grammar masks in :mod:`.masks`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -116,6 +117,7 @@ class ModelRuns:
         stop: StopCondition,
         keep: bool,
         masks: RowMasks | None = None,
+        gone: Callable[[], list[int]] = lambda: [],
     ) -> tuple[list[Continuation], int, Rows | None]:
         """Draw up to ``limits[r]`` tokens for every row.
 
@@ -125,7 +127,8 @@ class ModelRuns:
         once a quarter of it has ended. With ``keep``, rows that ran out of budget run their last
         token too and are returned with their cache and logits. With ``masks`` (a constraint)
         every step draws from the allowed tokens and copies the drawn tokens to the host once,
-        to advance the matchers (:mod:`.masks`).
+        to advance the matchers (:mod:`.masks`). Rows that ``gone`` names at a check (their
+        caller left, :mod:`..cancel`) end there, unfinished.
         """
         draws = Draws(limits, self.device, self.name)
         live = list(range(len(limits)))  # the continuation of each batch row
@@ -150,6 +153,8 @@ class ModelRuns:
                 harvest = [
                     j for j, r in enumerate(live) if keep and draws.ends.get(r) == (drawn, False)
                 ]
+                for r in gone():  # after the harvest: an abandoned row is not worth keeping
+                    draws.ends.setdefault(r, (drawn, False))
                 if not harvest and all(r in draws.ends for r in live):
                     break
             rows.logits = self._forward(rows, token[:, None], torch.ones_like(token)[:, None])

@@ -1,0 +1,42 @@
+"""Abandoned prefixes: a backend call may end early the rows nobody waits for any more.
+
+A merged backend call (:mod:`power_sampling.engine.batcher`) serves many requests at once; when
+one of them is cancelled in the middle of a long decode (a rollout, a candidate block, a whole
+standard answer), its rows should stop costing model steps at once rather than run to their
+budget. The caller of ``sample`` states which prefixes are abandoned with :func:`abandon_when`;
+a backend that can drop rows mid-call asks :func:`abandoned` at its own sync points and cuts
+those rows' continuations short (unfinished). The caller discards them, so nothing else changes:
+every other row draws exactly what it would have drawn.
+
+The probe is ambient (a context variable) rather than an argument, because it changes no
+result a caller keeps: backends that cannot stop rows early simply never ask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+__all__ = ["abandon_when", "abandoned"]
+
+_PROBE: ContextVar[Callable[[], Collection[int]] | None] = ContextVar(
+    "power_sampling_abandoned", default=None
+)
+
+
+@contextmanager
+def abandon_when(probe: Callable[[], Collection[int]]) -> Iterator[None]:
+    """Within the block, ``probe()`` lists the indices of the prefixes of a ``sample`` call that
+    are abandoned: the backend may end their rows early."""
+    token = _PROBE.set(probe)
+    try:
+        yield
+    finally:
+        _PROBE.reset(token)
+
+
+def abandoned() -> Collection[int]:
+    """The indices of the current call's abandoned prefixes (none outside :func:`abandon_when`)."""
+    probe = _PROBE.get()
+    return probe() if probe is not None else ()
