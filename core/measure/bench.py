@@ -139,7 +139,9 @@ def run_bench(
         ("standard", dict(method="standard")),
         ("power", paper),
         ("mcmc", dict(method="mcmc")),
+        ("smc", dict(method="smc", lookahead_rollouts=0)),
     ]
+    base_methods = len(methods)
     if options:
         tolerance = cfg.adaptive_tolerance or 0.05
         methods += [
@@ -150,6 +152,8 @@ def run_bench(
             # The reuse fast path: L = M, so the chosen block's rollouts are every candidate.
             fast = {**paper, "reuse_rollouts": True, "num_candidates": cfg.num_rollouts}
             methods.append(("power+fast", fast))
+        if cfg.lookahead_rollouts > 0:
+            methods.append(("smc+lookahead", dict(method="smc")))
     recorder = RecordingBackend(sampler.backend)
     results = {}
     for name, overrides in methods:
@@ -170,7 +174,7 @@ def run_bench(
         "sequential_steps_ratio_power_vs_standard": steps_ratio(power, standard),
         "expected_sequential_steps": {
             name: expected_sequential_steps(cfg.replace(**overrides), name, cfg.max_new_tokens)
-            for name, overrides in methods[:3]
+            for name, overrides in methods[:base_methods]
         }
         if cfg.block_size > 1
         else None,
@@ -179,6 +183,7 @@ def run_bench(
         "loglik_gain_vs_mcmc": power.loglik_per_token - mcmc.loglik_per_token,
         "overhead_vs_standard": power.wall_time_per_prompt / standard.wall_time_per_prompt,
         "overhead_vs_standard_per_token": power.wall_time_per_token / standard.wall_time_per_token,
+        "vs_standard": {name: vs(r, standard) for name, r in results.items()},
         "peak_memory_mb": peak_memory_mb(),
     }
     if options:
@@ -197,7 +202,7 @@ def run_bench(
                 "loglik_delta_stderr": (results[name].loglik_stderr ** 2 + power.loglik_stderr**2)
                 ** 0.5,
             }
-            for name, _ in methods[3:]
+            for name, _ in methods[base_methods:]
         }
     if replay and hasattr(sampler.backend, "model"):
         seconds, tokens = replay_with_generate(sampler.backend, recorder.calls)
@@ -213,6 +218,16 @@ def run_bench(
             "batched calls (same prefixes, rows and lengths)",
         }
     return report
+
+
+def vs(result: MethodResult, standard: MethodResult) -> dict[str, float]:
+    """``result``'s sequential steps, forward tokens and wall time per generation over standard
+    decoding's."""
+    return {
+        "sequential_steps": steps_ratio(result, standard),
+        "forward_tokens": result.forward_tokens / max(standard.forward_tokens, 1),
+        "wall_time": result.wall_time_per_prompt / standard.wall_time_per_prompt,
+    }
 
 
 def steps_ratio(a: MethodResult, b: MethodResult) -> float:
@@ -254,6 +269,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"- power vs standard decoding: {report['overhead_vs_standard']:.1f}x the time per "
         f"generation, {report['overhead_vs_standard_per_token']:.1f}x per completion token",
         f"- peak memory: {report['peak_memory_mb']:.0f} MiB",
+        "",
+        "Per generation, against standard decoding:",
+        "",
+        "| method | sequential steps | forward tokens | wall time |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {r['sequential_steps']:.2f}x | {r['forward_tokens']:.2f}x | "
+            f"{r['wall_time']:.2f}x |"
+            for name, r in report["vs_standard"].items()
+        ),
+        "",
     ]
     for name, o in report.get("options", {}).items():
         lines.append(

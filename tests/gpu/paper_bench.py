@@ -5,7 +5,8 @@ Qwen2.5-7B-shaped model in bfloat16).
     python tests/gpu/paper_bench.py --model random:qwen2.5-1.5b --json-out gpu-bench.json
 
 Runs standard decoding, scalable power sampling (the paper's algorithm), its reuse fast path
-(``reuse_rollouts`` with L = M) and MCMC power sampling at the paper's settings (α 4,
+(``reuse_rollouts`` with L = M), Power-SMC (``num_particles`` particles, no look-ahead) and MCMC
+power sampling at the paper's settings (α 4,
 B = H = 192, K = M = 8, L = 32, 10 MCMC steps per block) for 768 new tokens (4 blocks), end
 tokens ignored so every method runs to full length: one prompt, then a batch of 8. For each it
 prints wall time, sequential model steps (the critical path) and seconds per step, and
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     sampler = PowerSampler(backend, config)
     paper = dict(method="power", adaptive_tolerance=0.0, reuse_rollouts=False)
     fast = dict(paper, reuse_rollouts=True, num_candidates=config.num_rollouts)
+    smc = dict(method="smc", lookahead_rollouts=0)
     methods = [("standard", dict(method="standard")), ("power", paper), ("power+fast", fast)]
+    methods.append(("smc", smc))
     prompts = token_prompts(backend, args.batch, length=64)
     sampler.generate(prompts[0], max_new_tokens=8, method="standard")  # warm-up
     print(f"{args.model} on {hardware()}; built in {time.perf_counter() - began:.0f} s", flush=True)
@@ -154,6 +157,7 @@ def extrapolate(rows: list[dict[str, Any]], config: PowerSamplingConfig, tokens:
         "power": config.replace(reuse_rollouts=False),
         "power+fast": config.replace(reuse_rollouts=True, num_candidates=config.num_rollouts),
         "mcmc": config,
+        "smc": config.replace(method="smc", lookahead_rollouts=0),
     }
     for row in rows:
         if "wall_s" not in row:
@@ -167,7 +171,7 @@ def extrapolate(rows: list[dict[str, Any]], config: PowerSamplingConfig, tokens:
     for size in sorted({r["prompts"] for r in rows}):
         got = {r["method"]: r for r in rows if r["prompts"] == size and "wall_s" in r}
         pairs = [("mcmc", "power"), ("power", "standard"), ("power+fast", "standard")]
-        pairs += [("power", "power+fast")]
+        pairs += [("power", "power+fast"), ("smc", "standard"), ("power", "smc")]
         ratios[f"batch {size}"] = {
             f"{a} / {b}: {key}": got[a][key] / got[b][key]
             for a, b in pairs

@@ -22,6 +22,7 @@ FAST = dict(
     num_rollouts=2,
     max_new_tokens=8,
     mcmc_steps=2,
+    num_particles=4,
 )
 
 
@@ -34,7 +35,13 @@ def report() -> dict:
 
 def test_report_has_every_measurement(report: dict) -> None:
     options = {"power+adaptive", "power+reuse", "power+fast"}
-    assert set(report["methods"]) == {"standard", "power", "mcmc", *options}
+    assert set(report["methods"]) == {"standard", "power", "mcmc", "smc", *options}
+    assert set(report["vs_standard"]) == set(report["methods"])
+    assert report["vs_standard"]["standard"] == {
+        "sequential_steps": 1.0,
+        "forward_tokens": 1.0,
+        "wall_time": 1.0,
+    }
     for result in report["methods"].values():
         assert result["prompts"] == 2 and result["samples"] == 2
         assert result["wall_time_per_prompt"] > 0 and result["wall_time_per_token"] > 0
@@ -106,7 +113,8 @@ def test_bench_command_writes_json(tmp_path: Path) -> None:
     assert "power vs MCMC" in result.stdout
     report = json.loads(out.read_text())
     assert report["settings"]["block_size"] == 4
-    assert set(report["methods"]) == {"standard", "power", "mcmc"}
+    assert set(report["methods"]) == {"standard", "power", "mcmc", "smc"}
+    assert "| smc |" in result.stdout
     memory = report["memory_by_prompt_length"]
     assert "Peak memory growth" in result.stdout
     for rows in memory["methods"].values():  # standard, power and mcmc, shortest prompt first
@@ -131,7 +139,7 @@ def test_bench_shows_progress_per_method_on_a_terminal_unless_quiet(
     if quiet:
         assert err == ""
     else:  # one bar per method, counting its prompts' generations
-        for method in ("standard", "power", "mcmc"):
+        for method in ("standard", "power", "mcmc", "smc"):
             assert f"{method}: 100%" in err and "2/2" in err
 
 

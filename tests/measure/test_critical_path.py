@@ -29,6 +29,8 @@ SMALL = dict(
     num_rollouts=2,
     max_new_tokens=12,
     mcmc_steps=3,
+    num_particles=4,
+    resample_interval=5,
 )
 
 
@@ -55,7 +57,7 @@ def test_critical_paths_follow_the_algorithms(tiny) -> None:  # type: ignore[no-
     sampler = PowerSampler(IgnoreEOS(tiny), config)
     prompt = token_prompts(tiny, 1)[0]
     tokens = SMALL["max_new_tokens"]
-    for method in ("standard", "power"):
+    for method in ("standard", "power", "smc"):
         out = sampler.generate(prompt, seed=1, method=method)
         assert len(out.token_ids) == tokens
         assert out.stats.sequential_steps == expected_sequential_steps(config, method, tokens)
@@ -117,6 +119,8 @@ def test_bench_reports_sequential_steps(tiny) -> None:  # type: ignore[no-untype
     )
     assert steps["standard"] == report["expected_sequential_steps"]["standard"] == 13
     assert steps["power"] == report["expected_sequential_steps"]["power"]
+    assert steps["smc"] == report["expected_sequential_steps"]["smc"] == 13
+    assert report["vs_standard"]["smc"]["sequential_steps"] == pytest.approx(1.0)
     assert all(r["completion_tokens"] == 12 for r in report["methods"].values())
 
 
@@ -163,13 +167,13 @@ def test_the_prepared_gpu_script_runs_on_a_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     rows = {(r["method"], r["prompts"]): r for r in report["rows"]}
-    assert set(rows) == {(m, b) for m in ("standard", "power", "power+fast") for b in (1, 2)} | {
-        ("mcmc", 1)
-    }
+    methods = ("standard", "power", "power+fast", "smc")
+    assert set(rows) == {(m, b) for m in methods for b in (1, 2)} | {("mcmc", 1)}
     for (method, _), row in rows.items():
         assert row["completion_tokens"] == 12 * row["prompts"]
         if method != "mcmc":
             assert row["sequential_steps"] == row["expected_steps"]
     assert rows[("power+fast", 1)]["steps_at_3072"] == 3073  # = standard decoding's
+    assert rows[("smc", 2)]["steps_at_3072"] == 3073
     assert "mcmc / power: sequential_steps" in report["ratios"]["batch 1"]
     assert "| power+fast | 2 |" in result.stdout
