@@ -147,8 +147,9 @@ class AsyncVLLMBackend(VLLMBackend):
         return cls(engine, loop, name=name_or_path)
 
     def close(self) -> None:
-        """Shut the engine down and stop its event loop."""
+        """Shut the engine down and stop its event loop; calls after this raise."""
         self._close()
+        self.engine = self.llm = _Closed()  # the engine object goes now, not at exit
 
     # -- the protocol, on the engine ------------------------------------------------------------
 
@@ -255,6 +256,11 @@ class AsyncVLLMBackend(VLLMBackend):
         finally:
             if not future.done():
                 future.cancel()  # the engine's generate() aborts the request
+
+
+class _Closed:
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("this AsyncVLLMBackend was closed; build a new one")
 
 
 def _next(pieces: queue.Queue[Any]) -> Any:
