@@ -230,13 +230,15 @@ class AsyncVLLMBackend(VLLMBackend):
         cached = 0
         try:
             while True:
-                output = _next(pieces)
-                completion = output.outputs[0]
-                new = tuple(int(t) for t in completion.token_ids)
-                steps = completion.logprobs or []
-                logprobs += [float(s[t].logprob) for t, s in zip(new, steps, strict=True)]
+                new: tuple[int, ...] = ()
+                for output in _available(pieces):  # what came while the reader was busy, as one
+                    completion = output.outputs[0]
+                    drawn_now = tuple(int(t) for t in completion.token_ids)
+                    steps = completion.logprobs or []
+                    logprobs += [float(s[t].logprob) for t, s in zip(drawn_now, steps, strict=True)]
+                    new += drawn_now
+                    cached = max(cached, int(output.num_cached_tokens or 0))
                 tokens += new
-                cached = max(cached, int(output.num_cached_tokens or 0))
                 if not output.finished:
                     if new:
                         yield Streamed(new)
@@ -263,19 +265,25 @@ class _Closed:
         raise RuntimeError("this AsyncVLLMBackend was closed; build a new one")
 
 
-def _next(pieces: queue.Queue[Any]) -> Any:
-    """The stream's next engine output; raises its error, or ``Cancelled`` once this thread's
-    request is cancelled."""
+def _available(pieces: queue.Queue[Any]) -> list[Any]:
+    """The stream's next engine output and every one queued behind it; raises an error the
+    engine gave, or ``Cancelled`` once this thread's request is cancelled."""
     while True:
         try:
-            item = pieces.get(timeout=_POLL)
+            items = [pieces.get(timeout=_POLL)]
+            break
         except queue.Empty:
             if cancel_requested():
                 raise Cancelled from None
-            continue
+    while not getattr(items[-1], "finished", True):  # an error has no flag: it ends the run
+        try:
+            items.append(pieces.get_nowait())
+        except queue.Empty:
+            break
+    for item in items:
         if isinstance(item, BaseException):
             raise item
-        return item
+    return items
 
 
 def _shutdown(engine: Any, loop: _Loop) -> None:
