@@ -11,8 +11,8 @@ A backend whose engine batches concurrent calls itself
 (:class:`~power_sampling.backends.continuous.ContinuousBackend`, vLLM's async engine) gets each
 request's calls directly instead: the engine schedules every sub-call as it comes, so a power
 step never waits for a round of the batcher, and plain decoding streams as one engine request.
-Measured with the batcher in front of that engine anyway (``merge=True``): see
-``results/vllm-async.md``; merging there only added the rounds' waits.
+With the batcher in front of that engine anyway (``merge=True``), power sampling got no
+faster (``results/vllm-async.md``) and each step waited for a round, so merging is off there.
 
 - A request's random numbers come from its own seed (or fresh entropy), and every prefix of a
   merged call carries its own seed, so a seeded request gives the same output alone or among

@@ -8,6 +8,11 @@ engine's steps without anything in front of it merging their calls:
 * ``sample`` and ``top_k``: the parameters of :class:`~.backend.VLLMBackend` (the offline
   engine), one engine request per prefix, all added at once and awaited together; a power step
   waits only for its own sub-calls, never for another request's step.
+* No batcher in front: :class:`~power_sampling.engine.scheduler.Scheduler` sends each request's
+  calls straight here. Measured with the batcher merging them first (``merge=True``), power
+  sampling at 8 concurrent requests was no faster (``results/vllm-async.md``): the engine
+  batches the sub-calls of all requests at every step either way, and merging only makes each
+  step wait for a round and ties requests' steps together.
 * :meth:`generate_stream` (:class:`~power_sampling.backends.continuous.ContinuousBackend`):
   plain decoding (``standard``, ``low_temperature``) as one engine request per output, its tokens
   handed on as the engine draws them, so a lone request runs at the engine's own speed.
