@@ -131,6 +131,14 @@ def test_streaming_hands_on_tokens_as_the_engine_draws_them(async_embedded: Any)
     assert stamps[0] < stamps[-1] / 2  # the first tokens came long before the last
 
 
+def test_a_stop_string_ends_the_streamed_output(async_embedded: Any) -> None:
+    sampler = PowerSampler(async_embedded, method="standard")
+    generation = sampler.generate(COUNT, max_new_tokens=40, stop=["8"], seed=1)
+    assert generation.finish_reason == "stop" and "8" not in generation.text
+    assert generation.text and generation.stats.backend_calls == 1
+    assert _engine_idle(async_embedded)
+
+
 def _engine_idle(backend: Any) -> bool:
     return backend.engine.get_num_unfinished_requests() == 0
 
