@@ -69,6 +69,11 @@ def test_a_streamed_output_is_one_engine_request_with_the_right_log_likelihood(
         assert gen.logprob == pytest.approx(expected, abs=TOL * len(gen.token_ids))
         again = sampler.generate("Once upon a time", max_new_tokens=24, seed=3)
         assert again.token_ids == gen.token_ids
+    greedy = PowerSampler(backend, method="standard", temperature=0.0)
+    gen = greedy.generate("Once upon a time", max_new_tokens=16, seed=1)
+    want = embedded.vllm.sample([prompt], 1, 16, seed=0, temperature=0.0).continuations[0][0]
+    assert tuple(gen.token_ids) == want.token_ids
+    assert gen.logprob == pytest.approx(want.logprob, abs=TOL * len(want.token_ids))
 
 
 def _others(first: int, count: int) -> list[Request]:
