@@ -1,7 +1,8 @@
 """Backends: a causal LM seen through token ids (see :mod:`.base` for the protocol).
 
-``TableLM`` is always available; ``TransformersBackend`` and ``VLLMBackend`` are imported on
-first use so that ``import power_sampling`` loads neither torch nor vLLM.
+``TableLM`` is always available; ``TransformersBackend``, ``VLLMBackend`` (vLLM's offline
+engine) and ``AsyncVLLMBackend`` (its async engine) are imported on first use so that
+``import power_sampling`` loads neither torch nor vLLM.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .table import TableLM
 
 if TYPE_CHECKING:
     from .transformers.backend import TransformersBackend
+    from .vllm.async_engine import AsyncVLLMBackend
     from .vllm.backend import VLLMBackend
 
 
@@ -47,10 +49,15 @@ def __getattr__(name: str) -> Any:
         from .vllm.backend import VLLMBackend
 
         return VLLMBackend
+    if name == "AsyncVLLMBackend":
+        from .vllm.async_engine import AsyncVLLMBackend
+
+        return AsyncVLLMBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    "AsyncVLLMBackend",
     "Backend",
     "Continuation",
     "IgnoreEOS",

@@ -203,7 +203,10 @@ def load_vllm_backend(args: Any) -> Any:
     """A ``VLLMBackend`` over ``--model`` (default: the embedded model's folder) with ``--dtype``.
 
     vLLM picks its own platform, so ``--device`` does not apply (CUDA_VISIBLE_DEVICES does).
-    Without a visible GPU the engine runs eagerly: compiling takes minutes on a CPU.
+    Without a visible GPU the engine runs eagerly: compiling takes minutes on a CPU. The engine
+    is vLLM's async one (:class:`~power_sampling.backends.vllm.async_engine.AsyncVLLMBackend`,
+    continuous batching, no constrained outputs) unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``
+    asks for the engine in this process, the offline one, which also runs constraints.
     """
     if args.device is not None:
         raise UsageError(
@@ -214,13 +217,16 @@ def load_vllm_backend(args: Any) -> Any:
         import torch
 
         from ..backends.models import default_model_dir
+        from ..backends.vllm.async_engine import AsyncVLLMBackend
         from ..backends.vllm.backend import VLLMBackend
 
         path = args.model or str(default_model_dir())
         kwargs: dict[str, Any] = {"dtype": args.dtype or ("auto" if args.model else "float32")}
         if not torch.cuda.is_available():
             kwargs["enforce_eager"] = True
-        return VLLMBackend.from_pretrained(path, **kwargs)
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
+        kind = VLLMBackend if in_process else AsyncVLLMBackend
+        return kind.from_pretrained(path, **kwargs)
     except (ImportError, OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot start vLLM on {args.model or 'the default model'}: {exc}"

@@ -277,7 +277,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             **options,
         )
     else:
-        engine = LocalEngine(_loader(args)(), **options)
+        engine = LocalEngine(_loader(args)(), close_backend=True, **options)
     name = args.served_model_name or args.model or DEFAULT_MODEL
     app = create_app(
         engine,

@@ -37,16 +37,13 @@ from typing import Any
 
 from ..backends.base import Backend, SampleOutput, TopK, TopKOutput, prefix_seeds
 from ..backends.cancel import abandon_when
+from ..backends.continuous import Cancelled  # raised at a cancelled lane's next call
 
 __all__ = ["Batcher", "Cancelled", "Lane"]
 
 logger = logging.getLogger(__name__)
 
 _IDLE_EXIT = 30.0  # seconds without lanes before the batcher's thread exits
-
-
-class Cancelled(Exception):
-    """The lane's request was cancelled; raised at its next backend call."""
 
 
 @dataclass(eq=False)

@@ -7,6 +7,13 @@ a lane of the scheduler's :class:`~.batcher.Batcher`, which merges the model cal
 running requests at every step (continuous batching): a request joins the running batch at its
 first call and leaves it when it ends, so nobody waits for another request to finish.
 
+A backend whose engine batches concurrent calls itself
+(:class:`~power_sampling.backends.continuous.ContinuousBackend`, vLLM's async engine) gets each
+request's calls directly instead: the engine schedules every sub-call as it comes, so a power
+step never waits for a round of the batcher, and plain decoding streams as one engine request.
+With the batcher in front of that engine anyway (``merge=True``), power sampling got no
+faster (``results/vllm-async.md``) and each step waited for a round, so merging is off there.
+
 - A request's random numbers come from its own seed (or fresh entropy), and every prefix of a
   merged call carries its own seed, so a seeded request gives the same output alone or among
   others (up to batched arithmetic; see the docs' "Concurrency").
@@ -17,9 +24,10 @@ first call and leaves it when it ends, so nobody waits for another request to fi
 - A bad prompt fails its own request only.
 - :meth:`Scheduler.submit` returns a :class:`Job` at once; ``Job.cancel()`` (also called when a
   caller stops reading a stream or an ``await`` is cancelled) stops the request at its next
-  model call and frees its place. A ``timeout`` on :meth:`Scheduler.generate` or
-  :meth:`Scheduler.stream` (and their async forms) is a deadline for the whole request: past it
-  the request is cancelled and ``TimeoutError`` is raised.
+  model call and frees its place (a continuous backend also aborts the call in flight). A
+  ``timeout`` on :meth:`Scheduler.generate` or :meth:`Scheduler.stream` (and their async forms)
+  is a deadline for the whole request: past it the request is cancelled and ``TimeoutError`` is
+  raised.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backends.base import Backend
+from ..backends.continuous import ContinuousBackend, cancellation
 from ..config import PowerSamplingConfig
 from ..generation import Chunk, Generation
 from ..request import Request
@@ -107,10 +116,14 @@ class Scheduler:
         max_batch: int = 64,
         max_queue: int = 256,
         max_kv_tokens: int | None = None,
+        merge: bool | None = None,
     ) -> None:
         self.sampler = backend if isinstance(backend, PowerSampler) else PowerSampler(backend)
         self.max_batch, self.max_queue, self.max_kv_tokens = max_batch, max_queue, max_kv_tokens
         self.batcher = Batcher(self.sampler.backend, window=window)
+        self.merge = not isinstance(self.backend, ContinuousBackend) if merge is None else merge
+        """Whether the requests' calls go through the batcher (default: unless the backend
+        batches concurrent calls itself)."""
         self._lock = threading.Lock()
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: set[Job] = set()
@@ -253,23 +266,25 @@ class Scheduler:
             self._running.add(job)
             self._used += job._slots
             # The lane joins now, so the next round waits for this request's first call.
-            lane = self.batcher.lane(job._cancelled.is_set)
+            lane = self.batcher.lane(job._cancelled.is_set) if self.merge else None
             threading.Thread(
                 target=self._run, args=(job, lane), name="power-sampling", daemon=True
             ).start()
 
-    def _run(self, job: Job, lane: Lane) -> None:
+    def _run(self, job: Job, lane: Lane | None) -> None:
         try:
             if job.cancelled or not job.future.set_running_or_notify_cancel():
                 return
             sampler = copy.copy(self.sampler)
-            sampler.backend = lane
+            if lane is not None:
+                sampler.backend = lane
             try:
-                for _, chunk in sampler.run([job.request], lambda _: job.cancelled):
-                    if job.on_chunk is not None:
-                        job.on_chunk(chunk)
-                    if chunk.generation is not None:
-                        job.future.set_result(chunk.generation)
+                with cancellation(job._cancelled.is_set):
+                    for _, chunk in sampler.run([job.request], lambda _: job.cancelled):
+                        if job.on_chunk is not None:
+                            job.on_chunk(chunk)
+                        if chunk.generation is not None:
+                            job.future.set_result(chunk.generation)
             except Cancelled:
                 pass
             except BaseException as exc:  # the caller's future carries the error
@@ -278,7 +293,8 @@ class Scheduler:
             if not job.future.done():  # cancelled while running
                 job.future.set_exception(concurrent.futures.CancelledError())
         finally:
-            lane.close()
+            if lane is not None:
+                lane.close()
             with self._lock:
                 self._running.discard(job)
                 self._used -= job._slots

@@ -46,9 +46,11 @@ class LoadPoint:
 
 
 def _run(
-    backend: Backend, requests: Sequence[Request], *, max_batch: int
+    backend: Backend, requests: Sequence[Request], *, max_batch: int, merge: bool | None = None
 ) -> tuple[list[float], int, float, int]:
-    scheduler = Scheduler(IgnoreEOS(backend), max_batch=max_batch, max_queue=len(requests))
+    scheduler = Scheduler(
+        IgnoreEOS(backend), max_batch=max_batch, max_queue=len(requests), merge=merge
+    )
     start = time.perf_counter()
     jobs = [scheduler.submit(r) for r in requests]
     ends: list[float] = [0.0] * len(jobs)
@@ -74,12 +76,15 @@ def run_load(
     levels: Sequence[int] = (1, 4, 16),
     *,
     mixed: bool = True,
+    merge: bool | None = None,
 ) -> list[LoadPoint]:
     """Every method of ``configs`` at every concurrency of ``levels`` (see the module docstring);
-    c = 1 is one request alone, the baseline of the ratios."""
+    c = 1 is one request alone, the baseline of the ratios. ``merge`` goes to the
+    :class:`~power_sampling.engine.scheduler.Scheduler` (None: its default)."""
     points = []
     for method, config in configs.items():
-        _run(backend, [Request(prompts[0], config.replace(seed=0))], max_batch=1)  # warm-up
+        warm = [Request(prompts[0], config.replace(seed=0))]
+        _run(backend, warm, max_batch=1, merge=merge)
         for level in levels:
             requests = []
             for i in range(max(level, 1)):
@@ -87,7 +92,7 @@ def run_load(
                 length = config.max_new_tokens // 2 if half else config.max_new_tokens
                 settings = config.replace(seed=1000 + i, max_new_tokens=max(length, 1))
                 requests.append(Request(prompts[i % len(prompts)], settings))
-            latencies, tokens, wall, calls = _run(backend, requests, max_batch=level)
+            latencies, tokens, wall, calls = _run(backend, requests, max_batch=level, merge=merge)
             points.append(
                 LoadPoint(
                     method,

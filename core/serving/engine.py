@@ -63,6 +63,8 @@ class LocalEngine:
     most ``max_batch`` choices run at once (within ``max_kv_tokens`` KV slots), their model calls
     merged in rounds of at most ``window`` seconds' wait; beyond ``max_queue`` waiting choices a
     call fails at once with :class:`~power_sampling.engine.scheduler.QueueFull`.
+    ``close_backend``: :meth:`close` also closes the backend (its ``close()``, where it has one,
+    e.g. a vLLM async engine's processes), for a backend this engine owns.
     """
 
     def __init__(
@@ -73,7 +75,9 @@ class LocalEngine:
         max_batch: int = 64,
         max_queue: int = 256,
         max_kv_tokens: int | None = None,
+        close_backend: bool = False,
     ) -> None:
+        self._close_backend = close_backend
         self.scheduler = Scheduler(
             backend,
             window=window,
@@ -135,6 +139,9 @@ class LocalEngine:
             jobs = list(self._jobs)
         self._cancel(jobs)
         self.scheduler.close()
+        close = getattr(self.scheduler.backend, "close", None)
+        if self._close_backend and callable(close):
+            close()
 
     # -- jobs ------------------------------------------------------------------------------------
 

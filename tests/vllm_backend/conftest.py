@@ -105,3 +105,16 @@ def bare_table(table_folder: tuple[Path, Any]) -> Any:
     from power_sampling.backends import VLLMBackend
 
     return VLLMBackend.from_vllm(_table_engine(table_folder[0], "processed_logprobs", False))
+
+
+@pytest.fixture(scope="session")
+def async_embedded() -> Iterator[Any]:
+    """The embedded model on vLLM's async engine (its engine core in a process of its own)."""
+    from power_sampling.backends import AsyncVLLMBackend
+    from power_sampling.backends.models import default_model_dir
+
+    backend = AsyncVLLMBackend.from_pretrained(
+        str(default_model_dir()), max_model_len=1024, **ENGINE
+    )
+    yield backend
+    backend.close()

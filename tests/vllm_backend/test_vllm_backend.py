@@ -156,7 +156,7 @@ def test_budgets_and_bad_input(embedded: Any) -> None:
         with pytest.raises(ValueError, match="outside the vocabulary"):
             call([(1, backend.vocab_size)])
     with pytest.raises(ValueError, match="temperature"):
-        backend.sample([short], 1, 3, seed=0, temperature=0.0)
+        backend.sample([short], 1, 3, seed=0, temperature=-1.0)
     with pytest.raises(TypeError, match="Matcher"):
         backend.sample([short], 1, 3, seed=0, constraint=[object()])
     with pytest.raises(TypeError, match="Matcher"):

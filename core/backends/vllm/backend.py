@@ -213,8 +213,6 @@ class VLLMBackend(HFBackend):
         keep_cache: bool,
         constraint: Sequence[Matcher | None] | None,
     ) -> SampleOutput:
-        from vllm import SamplingParams
-
         from .constraints import registered
 
         calls = self._calls(constraint, len(prefixes))
@@ -223,21 +221,7 @@ class VLLMBackend(HFBackend):
         run = [i for i, limit in enumerate(limits) if n > 0 and limit > 0]
         with registered([calls[i] for i in run]) as extras:
             params = [
-                SamplingParams(
-                    n=n,
-                    max_tokens=limits[i],
-                    temperature=temperature,
-                    seed=seeds[i],
-                    logprobs=0,
-                    stop_token_ids=sorted(stop.token_ids),
-                    stop=list(stop.strings) or None,
-                    include_stop_str_in_output=True,
-                    ignore_eos=True,  # the model's own ends are in stop.token_ids unless replaced
-                    detokenize=bool(stop.strings),
-                    skip_special_tokens=True,
-                    spaces_between_special_tokens=False,
-                    extra_args=extra,
-                )
+                draw_params(n, limits[i], temperature, seeds[i], stop, extra_args=extra)
                 for i, extra in zip(run, extras, strict=True)
             ]
             outputs, forward = self._generate([prefixes[i] for i in run], params)
@@ -318,8 +302,33 @@ class VLLMBackend(HFBackend):
 _QUIET: dict[str, Any] = {"detokenize": False, "ignore_eos": True}
 
 
+def draw_params(
+    n: int, max_tokens: int, temperature: float, seed: int, stop: StopCondition, **extra: Any
+) -> Any:
+    """``SamplingParams`` of a draw: ``n`` continuations at ``temperature``, no truncation, the
+    drawn log-probs, ended by ``stop`` (end token or completed stop string kept)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        logprobs=0,
+        stop_token_ids=sorted(stop.token_ids),
+        stop=list(stop.strings) or None,
+        include_stop_str_in_output=True,
+        ignore_eos=True,  # the model's own ends are in stop.token_ids unless replaced
+        detokenize=bool(stop.strings),
+        skip_special_tokens=True,
+        spaces_between_special_tokens=False,
+        **extra,
+    )
+
+
 def _model_config(llm: Any) -> Any:
-    return llm.llm_engine.model_config
+    """The model config of a ``vllm.LLM`` or of an ``AsyncLLM``."""
+    return getattr(llm, "llm_engine", llm).model_config
 
 
 _PROCESSOR = "power_sampling.backends.vllm.constraints:ConstraintLogitsProcessor"
