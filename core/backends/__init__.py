@@ -1,7 +1,8 @@
 """Backends: a causal LM seen through token ids (see :mod:`.base` for the protocol).
 
-``TableLM`` is always available; ``TransformersBackend`` and ``VLLMBackend`` are imported on
-first use so that ``import power_sampling`` loads neither torch nor vLLM.
+``TableLM`` is always available; ``TransformersBackend``, ``VLLMBackend`` and ``OpenAIBackend``
+(a model served over HTTP) are imported on first use so that ``import power_sampling`` loads
+neither torch, vLLM nor an HTTP client.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .ignore_eos import IgnoreEOS
 from .table import TableLM
 
 if TYPE_CHECKING:
+    from .openai.backend import OpenAIBackend
     from .transformers.backend import TransformersBackend
     from .vllm.backend import VLLMBackend
 
@@ -47,6 +49,10 @@ def __getattr__(name: str) -> Any:
         from .vllm.backend import VLLMBackend
 
         return VLLMBackend
+    if name == "OpenAIBackend":
+        from .openai.backend import OpenAIBackend
+
+        return OpenAIBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -54,6 +60,7 @@ __all__ = [
     "Backend",
     "Continuation",
     "IgnoreEOS",
+    "OpenAIBackend",
     "SampleOutput",
     "StopCondition",
     "TableLM",
