@@ -287,14 +287,15 @@ def _drawn(choice: dict[str, Any], stop: StopCondition) -> Drawn:
 def _served(client: Client, model: str | None) -> dict[str, Any]:
     """The ``/v1/models`` entry of ``model`` (the only one served when None)."""
     entries = client.get("/v1/models").get("data") or []
-    names = [str(e.get("id")) for e in entries]
+    served = [str(e.get("id")) for e in entries]
     if model is None and len(entries) == 1:
         return dict(entries[0])
-    for entry in entries:
-        if model is not None and model in (entry.get("id"), entry.get("root")):
+    for entry in entries:  # the served name, its folder, or the folder's last part
+        names = {str(entry.get("id")), str(entry.get("root"))}
+        if model is not None and (model in names or model in {n.split("/")[-1] for n in names}):
             return dict(entry)
     which = "name one with model=" if model is None else f"it does not serve {model!r}"
-    raise ValueError(f"the server at {client.base_url} serves {names}: {which}")
+    raise ValueError(f"the server at {client.base_url} serves {served}: {which}")
 
 
 def _tokenizer(tokenizer: Any, model: str, folder: str) -> Any:
