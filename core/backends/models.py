@@ -348,7 +348,8 @@ def _served_backend(
     local = sorted(k for k in ("device", "dtype") if options.get(k) is not None)
     if local:
         raise ValueError(
-            f"{' and '.join(local)} do not apply to a model served at {base_url}: the server "
+            f"{' and '.join(local)} {'does' if len(local) == 1 else 'do'} not apply to a model "
+            f"served at {base_url}: the server "
             "chose them when it loaded the model; drop them"
         )
     options = {k: v for k, v in options.items() if k not in ("device", "dtype")}

@@ -106,26 +106,30 @@ class OpenAIBackend(HFBackend):
             max_connections=max_connections,
         )
         self.base_url = f"{root}/v1"
-        served = _served(self.client, model)
-        self.model: str = str(served["id"])
-        self.max_context: int | None = served.get("max_model_len")
-        self.name: str = name or self.model.rstrip("/").split("/")[-1]
-        folder = served.get("root") or self.model
-        self.tokenizer: Any = _tokenizer(tokenizer, self.model, folder)
-        config = _configs(tokenizer if isinstance(tokenizer, str) else folder)
-        if self.tokenizer is None and vocab_size is None:
-            raise ValueError("a token-id OpenAIBackend (tokenizer=False) needs vocab_size=")
-        size = vocab_size or getattr(config[0], "vocab_size", None) or len(self.tokenizer)
-        self.vocab_size: int = int(size)
-        eos = [getattr(c, "eos_token_id", None) for c in config]
-        self.stop: StopCondition = StopCondition(
-            stop_ids(eos, self.tokenizer, stop_token_ids or (), self.vocab_size)
-        )
-        self._set_text(self.tokenizer, self.name)
-        if self.tokenizer is not None and check_tokenizer:
-            probe.check_tokenizer(self.client, self.model, self.tokenizer)
-        start = self.encode("The") if self.text is not None else [min(1, self.vocab_size - 1)]
-        self.logprobs_mode: str = logprobs_mode(self.client, self._body(), start or [0])
+        try:  # a server refused here leaves no connections or thread behind
+            served = _served(self.client, model)
+            self.model: str = str(served["id"])
+            self.max_context: int | None = served.get("max_model_len")
+            self.name: str = name or self.model.rstrip("/").split("/")[-1]
+            folder = served.get("root") or self.model
+            self.tokenizer: Any = _tokenizer(tokenizer, self.model, folder)
+            config = _configs(tokenizer if isinstance(tokenizer, str) else folder)
+            if self.tokenizer is None and vocab_size is None:
+                raise ValueError("a token-id OpenAIBackend (tokenizer=False) needs vocab_size=")
+            size = vocab_size or getattr(config[0], "vocab_size", None) or len(self.tokenizer)
+            self.vocab_size: int = int(size)
+            eos = [getattr(c, "eos_token_id", None) for c in config]
+            self.stop: StopCondition = StopCondition(
+                stop_ids(eos, self.tokenizer, stop_token_ids or (), self.vocab_size)
+            )
+            self._set_text(self.tokenizer, self.name)
+            if self.tokenizer is not None and check_tokenizer:
+                probe.check_tokenizer(self.client, self.model, self.tokenizer)
+            start = self.encode("The") if self.text is not None else [min(1, self.vocab_size - 1)]
+            self.logprobs_mode: str = logprobs_mode(self.client, self._body(), start or [0])
+        except BaseException:
+            self.client.close()
+            raise
 
     @property
     def returns_proposal_logprobs(self) -> bool:
