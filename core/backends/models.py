@@ -292,9 +292,19 @@ def load_default(
     return backend_class.from_transformers(model, tokenizer, **backend_kwargs)
 
 
-def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
+def resolve_model(
+    model: object = None,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    **backend_kwargs: Any,
+) -> Any:
     """Turn a model argument into a backend.
 
+    - with ``base_url``: the model served there by an OpenAI-compatible engine (vLLM),
+      :class:`~power_sampling.backends.openai.OpenAIBackend` (``model``: the served name,
+      ``None`` or ``"default"`` for the only one served; ``api_key`` its key). Every entry point
+      (the adapters, the CLI's ``--base-url``, the server) reaches a served model through here.
     - ``None``, ``"default"`` or ``"SmolLM2-135M-Instruct"``: :func:`load_default`, the embedded
       model.
     - ``"random:<architecture>"``: a randomly initialised model from a config written in code
@@ -306,6 +316,8 @@ def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
 
     ``backend_kwargs`` go to the backend factory; passing them with an existing backend is an error.
     """
+    if base_url is not None:
+        return _served_backend(model, base_url, api_key, backend_kwargs)
     if model is None or model == "default" or model == DEFAULT_MODEL:
         return load_default(**backend_kwargs)
     if isinstance(model, str) and model.startswith("random:"):
@@ -322,3 +334,26 @@ def resolve_model(model: object = None, **backend_kwargs: Any) -> Any:
             f"{sorted(backend_kwargs)}; pass the options when building the backend instead."
         )
     return model
+
+
+def _served_backend(
+    model: object, base_url: str, api_key: str | None, options: dict[str, Any]
+) -> Any:
+    """The ``OpenAIBackend`` of ``model`` at ``base_url``; the in-process options are refused."""
+    if model is not None and not isinstance(model, str | os.PathLike):
+        raise TypeError(
+            f"base_url= names a server, so model= must be the served model's name, not a "
+            f"{type(model).__name__}"
+        )
+    local = sorted(k for k in ("device", "dtype") if options.get(k) is not None)
+    if local:
+        raise ValueError(
+            f"{' and '.join(local)} {'does' if len(local) == 1 else 'do'} not apply to a model "
+            f"served at {base_url}: the server "
+            "chose them when it loaded the model; drop them"
+        )
+    options = {k: v for k, v in options.items() if k not in ("device", "dtype")}
+    from .openai.backend import OpenAIBackend
+
+    name = None if model in (None, "default") else os.fspath(model)
+    return OpenAIBackend(base_url, name, api_key=api_key, **options)

@@ -70,6 +70,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_MODEL_HELP})",
     )
     group.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="an OpenAI-compatible server (vLLM) that already serves the model, e.g. "
+        "http://127.0.0.1:8000/v1: power sampling runs over HTTP; --model is then the served "
+        "model's name (default: the only one served) and the key comes from OPENAI_API_KEY",
+    )
+    group.add_argument(
         "--device",
         default=None,
         help="where the model runs, e.g. cpu, cuda, cuda:1 (default: the CPU for the embedded "
@@ -187,12 +195,15 @@ def load_backend(args: argparse.Namespace) -> Backend:
     """The model named by ``--model`` (default: the embedded SmolLM2), ``--device``, ``--dtype``."""
     from ..backends.models import resolve_model
 
+    base_url = getattr(args, "base_url", None)
     check_model_arguments(args)
     kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    if base_url is not None:
+        kwargs["base_url"] = base_url
     logger.info("Loading %s", args.model or "the default model")
     try:
         return resolve_model(args.model, **kwargs)
-    except (OSError, ValueError) as exc:  # a missing folder, an unknown id, a bad dtype, ...
+    except (OSError, ValueError, ConnectionError) as exc:  # a missing folder, a bad dtype, ...
         name, message = args.model or "the default model", error_message(exc)
         raise ModelLoadError(
             message if name in message else f"cannot load {name}: {message}"
@@ -208,6 +219,11 @@ def load_vllm_backend(args: Any) -> Any:
     continuous batching, no constrained outputs) unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``
     asks for the engine in this process, the offline one, which also runs constraints.
     """
+    if getattr(args, "base_url", None) is not None:
+        raise UsageError(
+            "--backend vllm runs vLLM in this process; --base-url reaches a vLLM server: "
+            "pass one of them"
+        )
     if args.device is not None:
         raise UsageError(
             f"--device {args.device} does not apply to --backend vllm: vLLM picks its platform; "
@@ -236,6 +252,13 @@ def load_vllm_backend(args: Any) -> Any:
 def check_model_arguments(args: argparse.Namespace) -> None:
     """``--device``, ``--dtype`` and a local ``--model`` path checked before anything loads:
     a bad value is a :class:`UsageError` (exit 2) with one line naming the fix."""
+    if getattr(args, "base_url", None) is not None:
+        if args.device is not None or args.dtype is not None:
+            raise UsageError(
+                "--device and --dtype do not apply to --base-url: the server chose them when it "
+                "loaded the model"
+            )
+        return  # --model names the served model, which need not be here
     import torch
 
     if args.device is not None:

@@ -306,10 +306,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _loader(args: argparse.Namespace) -> Any:
     """A picklable function that loads the model (in this process, or in each Ray replica)."""
     if args.backend == "vllm":
-        options = argparse.Namespace(model=args.model, device=None, dtype=args.dtype)
+        options = argparse.Namespace(
+            model=args.model, device=None, dtype=args.dtype, base_url=args.base_url
+        )
         return functools.partial(load_vllm_backend, options)
     if args.replicas:
         from ..engine.registry import load_shared
 
-        return functools.partial(load_shared, args.model, device=args.device, dtype=args.dtype)
+        return functools.partial(
+            load_shared, args.model, device=args.device, dtype=args.dtype, base_url=args.base_url
+        )
     return functools.partial(load_backend, args)

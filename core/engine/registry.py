@@ -11,6 +11,7 @@ error saying to build the adapter from the model's name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -34,12 +35,21 @@ _OBJECTS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def _key(
-    model: str | None, device: str | None, dtype: str | None, kwargs: Mapping[str, Any]
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    kwargs: Mapping[str, Any],
+    served: tuple[str | None, str | None] = (None, None),
 ) -> str:
     from ..backends.models import DEFAULT_MODEL
 
     name = DEFAULT_MODEL if model in (None, "default") else str(model)
-    return json.dumps([name, device, dtype, dict(kwargs)], sort_keys=True, default=repr)
+    key = [name, device, dtype, dict(kwargs)]
+    base_url, api_key = served
+    if base_url is not None:  # a served model: its server, and its key only as a digest
+        digest = hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else None
+        key += [base_url, digest]
+    return json.dumps(key, sort_keys=True, default=repr)
 
 
 def load_shared(
@@ -48,14 +58,19 @@ def load_shared(
     device: str | None = None,
     dtype: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
 ) -> Backend:
     """The backend of ``model`` (a name or path; None = the embedded default) on ``device`` with
     ``dtype``, loaded on first use and shared afterwards. ``model_kwargs`` go to
-    ``from_pretrained``. Concurrent first calls load it once."""
+    ``from_pretrained``. Concurrent first calls load it once. With ``base_url`` the model is
+    the one an OpenAI-compatible server serves there (``api_key`` its key), reached over HTTP."""
     from ..backends.models import resolve_model
 
     kwargs = dict(model_kwargs or {})
-    key = _key(model, device, dtype, kwargs)
+    key = _key(model, device, dtype, kwargs, (base_url, api_key))
+    if base_url is not None:
+        kwargs.update(base_url=base_url, api_key=api_key)
     with _GUARD:
         if key in _MODELS:
             return _MODELS[key]

@@ -72,12 +72,13 @@ class MCMCSampler(Sampler):
 
     def __init__(self, backend: Backend, config: PowerSamplingConfig) -> None:
         if not getattr(backend, "returns_proposal_logprobs", True):
+            fix = getattr(backend, "proposal_logprobs_fix", None) or (
+                "(a vLLM engine built with logprobs_mode='raw_logprobs'); build the engine with "
+                "logprobs_mode='processed_logprobs' (VLLMBackend.from_pretrained does)"
+            )
             raise ValueError(
                 f"{type(backend).__name__} cannot return the proposal log-probs at temperature "
-                f"1/alpha that MCMC's acceptance ratio needs (a vLLM engine built with "
-                f"logprobs_mode='raw_logprobs'); build the engine with "
-                f"logprobs_mode='processed_logprobs' (VLLMBackend.from_pretrained does), or use "
-                f"method='power'"
+                f"1/alpha that MCMC's acceptance ratio needs {fix}, or use method='power'"
             )
         super().__init__(backend, config)
         self._chains: dict[SequenceState, _Chain] = {}

@@ -74,10 +74,14 @@ class PowerEngine:
         device: str | None = None,
         dtype: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
         **settings: Any,
     ) -> None:
         if sum(x is not None for x in (model, backend, sampler)) > 1:
             raise ValueError("pass one of model=, backend= or sampler=, not several")
+        if base_url is not None and (backend is not None or sampler is not None):
+            raise ValueError("base_url= is for model= (a served model); a backend is built")
         base = PowerSamplingConfig.preset(config) if isinstance(config, str) else config
         base = base or (sampler.config if sampler is not None else PowerSamplingConfig())
         self.config: PowerSamplingConfig = resolve_settings(base, settings)
@@ -87,8 +91,13 @@ class PowerEngine:
             "dtype": dtype,
             "model_kwargs": model_kwargs,
         }
+        if base_url is not None:
+            self._load["base_url"] = base_url
+        self._api_key = api_key  # never in dump_state: a saved program holds no key
         if model is not None:
             self.model_ref: str = str(model)
+        elif base_url is not None:
+            self.model_ref = "default"  # the only model the server serves
         elif self._backend is not None:
             self.model_ref = getattr(self._backend, "name", None) or type(self._backend).__name__
         else:
@@ -108,12 +117,20 @@ class PowerEngine:
     def scheduler(self) -> Scheduler:
         """The model's shared scheduler, loading the model on first use."""
         if self._backend is None:
-            self._backend = load_shared(self.model_ref, **self._load)
+            key = {"api_key": self._api_key} if self._api_key is not None else {}
+            self._backend = load_shared(self.model_ref, **self._load, **key)
         return scheduler_for(self._backend)
 
     def with_settings(self, **settings: Any) -> PowerEngine:
         """An engine with ``settings`` changed, on the same model (nothing is loaded again)."""
-        engine = PowerEngine(self.model_ref, self.config, name=self.name, **self._load, **settings)
+        engine = PowerEngine(
+            self.model_ref,
+            self.config,
+            name=self.name,
+            api_key=self._api_key,
+            **self._load,
+            **settings,
+        )
         engine._backend = self._backend
         return engine
 

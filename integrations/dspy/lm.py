@@ -61,6 +61,8 @@ def power_lm(
     device: str | None = None,
     dtype: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
     **settings: Any,
 ) -> PowerLM:
     """A ``dspy.LM`` that power-samples: ``dspy.configure(lm=power_lm(preset="cpu"))``.
@@ -76,6 +78,9 @@ def power_lm(
     response cache), ``callbacks`` (``dspy.utils.callback.BaseCallback``s, run around every call)
     and ``num_retries`` (retries of a call the model's queue had no room for, with DSPy's
     backoff) are ``dspy.LM``'s own and behave as there.
+    ``base_url``: an OpenAI-compatible server that already serves the model (vLLM:
+    ``http://host:8000/v1``), reached over HTTP; ``model`` is then the served model's name
+    (None: the only one served) and ``api_key`` its key (default: ``$OPENAI_API_KEY``).
     """
     if preset is not None and config is not None:
         raise ValueError("pass config= or preset=, not both")
@@ -91,6 +96,8 @@ def power_lm(
         device=device,
         dtype=dtype,
         model_kwargs=model_kwargs,
+        base_url=base_url,
+        api_key=api_key,
         **settings,
     )
     defaults = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v}

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     create_model,
     model_validator,
 )
@@ -87,7 +88,14 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
     dtype: str | None = None
     """Parameter dtype, e.g. ``float32``, ``bfloat16``; default bfloat16 on a GPU that has it."""
     model_kwargs: dict[str, Any] | None = None
-    """Extra ``from_pretrained`` options (e.g. ``{"attn_implementation": "sdpa"}``)."""
+    """Extra ``from_pretrained`` options (e.g. ``{"attn_implementation": "sdpa"}``); with
+    ``base_url``, ``OpenAIBackend`` options (e.g. ``{"tokenizer": "/models/qwen"}``)."""
+    base_url: str | None = None
+    """An OpenAI-compatible server that already serves the model (vLLM:
+    ``http://host:8000/v1``): power sampling runs there over HTTP, and ``model`` is the served
+    model's name (None: the only one served)."""
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """The server's key, with ``base_url`` (default: ``$OPENAI_API_KEY`` when set)."""
     backend: Any = Field(default=None, exclude=True)
     """An existing backend, e.g. ``TransformersBackend.from_transformers(model, tokenizer)``."""
     sampler: PowerSampler | None = Field(default=None, exclude=True)
@@ -122,6 +130,8 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
             raise ValueError("pass only one of model (a name or path), backend and sampler")
         if (self.backend or self.sampler) and (self.device or self.dtype or self.model_kwargs):
             raise ValueError("device, dtype and model_kwargs are for model=; a backend is built")
+        if (self.backend or self.sampler) and self.base_url:
+            raise ValueError("base_url is for model= (a served model); a backend is built")
         base = self.sampler.config if self.sampler is not None else PowerSamplingConfig()
         if self.preset is not None:
             base = PowerSamplingConfig.preset(self.preset)
@@ -175,7 +185,7 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
         """The model's name, known without loading it."""
         source = self.sampler.backend if self.sampler is not None else self.backend
         if source is None:
-            return self.model or DEFAULT_MODEL
+            return self.model or ("default" if self.base_url else DEFAULT_MODEL)
         return str(getattr(source, "name", type(source).__name__))
 
     @property
@@ -210,9 +220,15 @@ class PowerSamplingParams(_Settings):  # type: ignore[misc, valid-type]
             return scheduler_for(self.sampler.backend)
         if self.backend is not None:
             return scheduler_for(self.backend)
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
         return scheduler_for(
             load_shared(
-                self.model, device=self.device, dtype=self.dtype, model_kwargs=self.model_kwargs
+                self.model,
+                device=self.device,
+                dtype=self.dtype,
+                model_kwargs=self.model_kwargs,
+                base_url=self.base_url,
+                api_key=key,
             )
         )
 
