@@ -155,10 +155,15 @@ class _Search:
         if tokens not in self.known:
             if len(self.known) > 100_000:
                 self.known.clear()
-            self.known[tokens] = self.search(matcher)
+            found, path = self.search(matcher)
+            self.known[tokens] = found
+            if found is not None:  # every state on a policy path is known too
+                for k in range(1, len(path) + 1):
+                    self.known[(*tokens, *path[:k])] = found - k
         return self.known[tokens]
 
-    def search(self, matcher: Matcher) -> int | None:
+    def search(self, matcher: Matcher) -> tuple[int | None, list[int]]:
+        """d_M from ``matcher`` and the moves of a path that attains it (empty if not kept)."""
         raise NotImplementedError
 
     def checked(self, matcher: Matcher, words: np.ndarray) -> np.ndarray:
@@ -179,7 +184,7 @@ class _Exhaustive(_Search):
     def checked(self, matcher: Matcher, words: np.ndarray) -> np.ndarray:
         return self.alphabet[_allowed(words, self.alphabet)]
 
-    def search(self, matcher: Matcher) -> int | None:
+    def search(self, matcher: Matcher) -> tuple[int | None, list[int]]:
         frontier: deque[tuple[Matcher, int]] = deque([(matcher, 0)])
         nodes = 0
         while frontier and nodes < self.owner.max_nodes:
@@ -187,12 +192,12 @@ class _Exhaustive(_Search):
             nodes += 1
             words = self.words(node)
             if self.complete(words):
-                return depth
+                return depth, []
             for token in self.checked(node, words).tolist():
                 child = node.fork()
                 if child.accept(token):
                     frontier.append((child, depth + 1))
-        return None
+        return None, []
 
 
 class _Policy(_Search):
@@ -215,16 +220,20 @@ class _Policy(_Search):
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return int(ids[0]) if len(ids) == 1 and ids[0] < self.vocab else None
 
-    def move(self, matcher: Matcher, words: np.ndarray) -> int | None:
+    def forced(self, matcher: Matcher) -> int | None:
+        """The first token of the text the grammar forces next, if any. A state with forced
+        text is never complete (ending there would not start with that text)."""
         forced = getattr(matcher, "forced_text", None)
         text = forced() if forced is not None else ""
-        if text:
-            first = self.first.get(text)
-            if first is None:
-                ids = self.tokenizer.encode(text, add_special_tokens=False)
-                first = self.first[text] = int(ids[0]) if ids else -1
-            if 0 <= first < self.vocab and _allowed(words, np.array([first]))[0]:
-                return first
+        if not text:
+            return None
+        first = self.first.get(text)
+        if first is None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            first = self.first[text] = int(ids[0]) if ids and ids[0] < self.vocab else -1
+        return first if first >= 0 else None
+
+    def closer(self, words: np.ndarray) -> int | None:
         allowed = self.closers[_allowed(words, self.closers)].tolist()
         if not allowed:
             return None
@@ -232,21 +241,32 @@ class _Policy(_Search):
             return self.quote
         return int(allowed[0])
 
+    def move(self, matcher: Matcher, words: np.ndarray) -> int | None:
+        first = self.forced(matcher)
+        if first is not None and _allowed(words, np.array([first]))[0]:
+            return first
+        return self.closer(words)
+
     def checked(self, matcher: Matcher, words: np.ndarray) -> np.ndarray:
         move = self.move(matcher, words)
         ids = self.structural[_allowed(words, self.structural)]
         return ids if move is None or move in ids else np.append(ids, move)
 
-    def search(self, matcher: Matcher) -> int | None:
-        node = matcher.fork()
+    def search(self, matcher: Matcher) -> tuple[int | None, list[int]]:
+        node, path = matcher.fork(), []
         for depth in range(self.owner.budget + 1):
+            first = self.forced(node)
+            if first is not None and node.accept(first):  # the move, without a mask
+                path.append(first)
+                continue
             words = self.words(node)
             if self.complete(words):
-                return depth
-            move = self.move(node, words)
+                return depth, path
+            move = self.closer(words)
             if move is None or not node.accept(move):
-                return None
-        return None
+                return None, []
+            path.append(move)
+        return None, []
 
 
 class _BudgetMatcher:
