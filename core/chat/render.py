@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import TextBackend
-from ..constraints import Constraint, GrammarConstraint
+from ..constraints import Constraint, GrammarConstraint, closing_constraint
 from ..constraints.chat import response_format_constraint, tool_call_constraint
 from ..request import Request
 from ..samplers.power_sampler import PowerSampler
@@ -102,7 +102,10 @@ def render(
     """``request`` (its prompt chat messages) with the prompt rendered by ``sampler``'s chat
     template and the constraint of ``options``. ``describe_format=False`` leaves out the JSON
     system prompt, for callers whose messages already describe the format. A constraint that
-    cannot be compiled for this model raises ``ValueError`` here, before any work."""
+    cannot be compiled for this model raises ``ValueError`` here, before any work. The constraint
+    closes within the request's ``max_new_tokens`` (the closing search of
+    :mod:`~power_sampling.constraints.budget`), so a reply whose budget allows a minimal valid
+    one is never cut half-written."""
     options = options or ChatOptions()
     backend = sampler._text_backend("chat messages")
     messages = [] if isinstance(request.prompt, str) else list(request.prompt)
@@ -114,6 +117,7 @@ def render(
         dicts = with_system(dicts, system)
     if isinstance(constraint, GrammarConstraint):
         constraint.compiled(backend)
+        constraint = closing_constraint(constraint, request.config.max_new_tokens)
     ids = render_chat(backend, dicts, list(options.tools))
     rendered = dataclasses.replace(request, prompt=ids, constraint=constraint)
     return RenderedChat(rendered, options.names)

@@ -15,7 +15,7 @@ from .base import (
     new_bitmask,
     unpack_bitmask,
 )
-from .budget import BudgetedConstraint
+from .budget import BudgetedConstraint, closing_constraint
 from .cursor import ConstraintCursor
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Vocabulary",
     "allowed_tokens",
     "bitmask_words",
+    "closing_constraint",
     "new_bitmask",
     "unpack_bitmask",
 ]

@@ -84,5 +84,9 @@ class _GrammarMatcher:
     def accept(self, token: int) -> bool:
         return bool(self._engine.accept_token(int(token)))
 
+    def forced_text(self) -> str:
+        """The text every continuation starts with (empty when the next text is a choice)."""
+        return "" if self._engine.is_terminated() else str(self._engine.find_jump_forward_string())
+
     def fork(self) -> _GrammarMatcher:
         return _GrammarMatcher(self._engine.fork())

@@ -96,3 +96,49 @@ def constraint_markdown(report: dict[str, Any]) -> str:
             f"{row['completion_tokens']} / {row['constrained_completion_tokens']} |"
         )
     return "\n".join(lines)
+
+
+def mask_overhead(
+    backend: Any, plain: Any, wrapped: Any, *, length: int, runs: int = 10, seed: int = 0
+) -> dict[str, Any]:
+    """Seconds per token to mask and accept under two constraints on the same outputs: random
+    walks of ``length`` tokens drawn uniformly among the tokens ``wrapped`` allows (so ``plain``,
+    a looser constraint, allows them too), each replayed through a fresh matcher of either
+    constraint, alternately. For a budgeted constraint against its inner one, this is the price
+    of the budget per masked position, model time aside."""
+    import numpy as np
+
+    from ..constraints import allowed_tokens, new_bitmask
+
+    stop, vocab = backend.stop.token_ids, backend.vocab_size
+    rng = np.random.default_rng(seed)
+    walks = []
+    for _ in range(runs):
+        matcher, walk = wrapped.matcher(backend, stop), []
+        for _ in range(length):
+            token = int(rng.choice(np.flatnonzero(allowed_tokens(matcher, vocab))))
+            walk.append(token)
+            if token in stop or not matcher.accept(token):
+                break
+        walks.append(walk)
+    seconds = {"plain": 0.0, "wrapped": 0.0}
+    bitmask = new_bitmask(1, vocab)
+    for walk in walks:
+        for kind, constraint in (("plain", plain), ("wrapped", wrapped)):
+            matcher = constraint.matcher(backend, stop)
+            start = time.perf_counter()
+            for token in walk:
+                matcher.fill_bitmask(bitmask, 0)
+                if token not in stop:
+                    matcher.accept(token)
+            seconds[kind] += time.perf_counter() - start
+    tokens = sum(len(w) for w in walks)
+    return {
+        "plain": repr(plain),
+        "wrapped": repr(wrapped),
+        "hardware": hardware(),
+        "tokens": tokens,
+        "plain_seconds_per_token": seconds["plain"] / tokens,
+        "wrapped_seconds_per_token": seconds["wrapped"] / tokens,
+        "ratio": seconds["wrapped"] / seconds["plain"],
+    }

@@ -12,7 +12,7 @@ from tables import random_table
 from test_constraints_exact import empirical, noise_bound, power_config
 
 from power_sampling import PowerSampler, TableLM, exact
-from power_sampling.constraints import BudgetedConstraint, TokenAutomaton
+from power_sampling.constraints import BudgetedConstraint, Constraint, TokenAutomaton
 from power_sampling.exact import total_variation
 
 EOS, A, B, C, D = 0, 1, 2, 3, 4
@@ -93,3 +93,52 @@ def test_a_narrow_band_only_closes_near_the_end() -> None:
         conditioned(exact.power_distribution(lm, PROMPT, 2.0, budget, constraint=LOOP))
     )
     assert np.isfinite(list(pi_b.values())).all()
+
+
+# -- the closing search on a real tokenizer ---------------------------------------------------
+
+NOTE = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "body": {"type": "string"},
+        "n": {"type": "integer"},
+    },
+    "required": ["title", "body", "n"],
+}
+"""Long strings first, then an integer: a walk that fills the strings is cut half-written."""
+
+
+def walks(constraint, budget: int, runs: int, seed: int = 0) -> tuple[int, int]:
+    """(complete, runs) over random walks that draw uniformly among the allowed tokens of
+    ``constraint`` on the tiny byte-level tokenizer, ``budget`` tokens at most."""
+    pytest.importorskip("xgrammar")
+    from power_sampling.backends.scripted import ScriptedLM
+    from power_sampling.constraints import allowed_tokens
+    from power_sampling.testing import tiny_tokenizer
+
+    backend = ScriptedLM(tiny_tokenizer(), "x")
+    stop = backend.stop.token_ids
+    root = constraint.matcher(backend, stop)
+    rng, done = np.random.default_rng(seed), 0
+    for _ in range(runs):
+        matcher = root.fork()
+        for _ in range(budget):
+            allowed = np.flatnonzero(allowed_tokens(matcher, backend.vocab_size))
+            token = int(rng.choice(allowed))
+            if token in stop:
+                done += 1
+                break
+            assert matcher.accept(token)
+        else:
+            done += bool(allowed_tokens(matcher, backend.vocab_size)[sorted(stop)].any())
+    return done, runs
+
+
+@pytest.mark.parametrize("budget", [24, 40])
+def test_the_closing_search_completes_every_walk_that_the_plain_schema_cuts(budget: int) -> None:
+    inner = Constraint.json_schema(NOTE)
+    plain, runs = walks(inner, budget, 30)
+    assert plain < runs // 2  # uniform walks rarely close a string by themselves
+    closed, _ = walks(BudgetedConstraint.closing(inner, budget), budget, 30)
+    assert closed == runs
