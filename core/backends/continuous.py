@@ -8,33 +8,19 @@ whose tokens arrive as they are drawn; the plain-decoding samplers use it when i
 (:mod:`power_sampling.samplers.streamed`). Every other backend keeps the two protocol calls
 only, and the engine's batcher merges them.
 
-Cancellation: whoever runs a request wraps it in :func:`cancellation` with a predicate (the
-request's cancelled flag). A backend that waits on its engine asks :func:`cancel_requested`
-while it waits, aborts its engine requests once it is true and raises :class:`Cancelled`, so a
-cancelled request leaves the engine within one poll, even in the middle of a long decode.
+Such a backend watches :func:`~power_sampling.backends.cancel.cancel_requested` while it waits
+on its engine, so a cancelled request leaves the engine within one poll.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .base import Backend, Continuation, StopCondition
 
-__all__ = [
-    "Cancelled",
-    "ContinuousBackend",
-    "Streamed",
-    "cancel_requested",
-    "cancellation",
-]
-
-
-class Cancelled(Exception):
-    """The running request was cancelled; raised by its next (or current) model call."""
+__all__ = ["ContinuousBackend", "Streamed"]
 
 
 @dataclass(frozen=True)
@@ -66,23 +52,3 @@ class ContinuousBackend(Backend, Protocol):
         last piece come with its ``done``; closing the iterator early aborts the engine's
         request."""
         ...
-
-
-_local = threading.local()
-
-
-@contextmanager
-def cancellation(cancelled: Callable[[], bool]) -> Iterator[None]:
-    """Model calls made by this thread inside the block stop once ``cancelled()`` is true."""
-    before = getattr(_local, "cancelled", None)
-    _local.cancelled = cancelled
-    try:
-        yield
-    finally:
-        _local.cancelled = before
-
-
-def cancel_requested() -> bool:
-    """Whether the request this thread runs (see :func:`cancellation`) was cancelled."""
-    check = getattr(_local, "cancelled", None)
-    return bool(check is not None and check())

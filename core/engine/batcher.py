@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import Backend, SampleOutput, TopK, TopKOutput, prefix_seeds
-from ..backends.cancel import abandon_when
-from ..backends.continuous import Cancelled  # raised at a cancelled lane's next call
+from ..backends.cancel import Cancelled, abandon_when
 
 __all__ = ["Batcher", "Cancelled", "Lane"]
 

@@ -47,7 +47,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backends.base import Backend
-from ..backends.continuous import ContinuousBackend, cancellation
+from ..backends.cancel import cancellation
+from ..backends.continuous import ContinuousBackend
 from ..config import PowerSamplingConfig
 from ..generation import Chunk, Generation
 from ..request import Request

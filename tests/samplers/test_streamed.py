@@ -16,12 +16,8 @@ from test_samplers_exact import PROMPT, empirical, noise_bound
 
 from power_sampling import PowerSampler, PowerSamplingConfig, TableLM, exact
 from power_sampling.backends.base import StopCondition
-from power_sampling.backends.continuous import (
-    Cancelled,
-    ContinuousBackend,
-    Streamed,
-    cancel_requested,
-)
+from power_sampling.backends.cancel import Cancelled, cancel_requested
+from power_sampling.backends.continuous import ContinuousBackend, Streamed
 from power_sampling.engine.scheduler import Scheduler
 from power_sampling.exact import total_variation
 from power_sampling.request import Request

@@ -16,9 +16,9 @@ engine's steps without anything in front of it merging their calls:
 * :meth:`generate_stream` (:class:`~power_sampling.backends.continuous.ContinuousBackend`):
   plain decoding (``standard``, ``low_temperature``) as one engine request per output, its tokens
   handed on as the engine draws them, so a lone request runs at the engine's own speed.
-* Cancellation: a call made inside :func:`~power_sampling.backends.continuous.cancellation`
+* Cancellation: a call made inside :func:`~power_sampling.backends.cancel.cancellation`
   aborts its engine requests once the request is cancelled (polled every ``_POLL`` seconds) and
-  raises :class:`~power_sampling.backends.continuous.Cancelled`.
+  raises :class:`~power_sampling.backends.cancel.Cancelled`.
 
 The engine lives on an asyncio event loop in a thread of its own; protocol calls are blocking
 calls that wait for their coroutines there. ``AsyncLLM`` always runs its engine core in another
@@ -42,7 +42,8 @@ from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..base import StopCondition, validate_prefixes
-from ..continuous import Cancelled, Streamed, cancel_requested
+from ..cancel import Cancelled, cancel_requested
+from ..continuous import Streamed
 from .backend import DEFAULT_MAX_LOGPROBS, VLLMBackend, draw_params
 from .logprobs import Drawn, Seq, continuation
 
