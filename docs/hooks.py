@@ -144,6 +144,15 @@ def include(name: str) -> str:
     return body.strip() + "\n"
 
 
+def layout() -> str:
+    """The package's layout, from the docstring of ``core/__init__.py`` (the one place it is kept)."""
+    import ast
+
+    doc = ast.get_docstring(ast.parse((ROOT / "core" / "__init__.py").read_text())) or ""
+    start = doc.index("Layout")
+    return doc[start:].strip() + "\n"
+
+
 def on_startup(command: str, dirty: bool) -> None:
     shadow_package()
 
@@ -157,6 +166,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     )
     # The table's link points from the repository root (README.md); in the site it is a name.
     table = choice_table().replace("[results/frontier.md](results/frontier.md)", "`results/frontier.md`")
+    markdown = markdown.replace("<!-- generated: layout -->", layout())
     return markdown.replace("<!-- generated: choice-table -->", table)
 
 
