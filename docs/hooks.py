@@ -30,20 +30,38 @@ COMMANDS = {
 # (what for, how to ask for it, the frontier row that measures it: method, budget).
 CHOICES = [
     ("Try it on a CPU, the embedded model", '`preset="cpu"`', ("power block", "K=8 L=16 M=2")),
-    ("The paper's setting, best fidelity of the block presets", '`preset="paper"`',
-     ("power block", "K=8 L=32 M=8")),
-    ("Lowest latency of the presets (a GPU)", '`preset="paper-fast"`',
-     ("power block + reuse", "K=8 L=8 M=8")),
-    ("Lowest latency at max TV ≤ 0.05", "`reuse_rollouts=True, top_k=8, num_candidates=16, "
-     "num_rollouts=16`", ("power block + reuse", "K=8 L=16 M=16")),
-    ("Least compute at max TV ≤ 0.05", "`reuse_rollouts=True, top_k=8, num_candidates=16, "
-     "num_rollouts=2`", ("power block + reuse", "K=8 L=16 M=2")),
-    ("Highest fidelity (token level; costly on a real model)", "`block_size=1, top_k=5, "
-     "num_rollouts=4`", ("power token", "K=5 M=4")),
+    (
+        "The paper's setting, best fidelity of the block presets",
+        '`preset="paper"`',
+        ("power block", "K=8 L=32 M=8"),
+    ),
+    (
+        "Lowest latency of the presets (a GPU)",
+        '`preset="paper-fast"`',
+        ("power block + reuse", "K=8 L=8 M=8"),
+    ),
+    (
+        "Lowest latency at max TV ≤ 0.05",
+        "`reuse_rollouts=True, top_k=8, num_candidates=16, num_rollouts=16`",
+        ("power block + reuse", "K=8 L=16 M=16"),
+    ),
+    (
+        "Least compute at max TV ≤ 0.05",
+        "`reuse_rollouts=True, top_k=8, num_candidates=16, num_rollouts=2`",
+        ("power block + reuse", "K=8 L=16 M=2"),
+    ),
+    (
+        "Highest fidelity (token level; costly on a real model)",
+        "`block_size=1, top_k=5, num_rollouts=4`",
+        ("power token", "K=5 M=4"),
+    ),
     ("Power-SMC, few sequential steps", '`method="smc", num_particles=64`', ("smc", "N=64")),
     ("MCMC baseline (Karan & Du)", '`method="mcmc", mcmc_steps=10`', ("mcmc", "steps=10")),
-    ("Best-of-N baseline (moves to the mode, not to π)", '`method="best_of_n", best_of=8`',
-     ("best-of-N", "N=8")),
+    (
+        "Best-of-N baseline (moves to the mode, not to π)",
+        '`method="best_of_n", best_of=8`',
+        ("best-of-N", "N=8"),
+    ),
     ("Low temperature 1/α per token", '`method="low_temperature"`', ("low temperature", "")),
     ("The base model, temperature 1", '`method="standard"`', ("standard", "")),
 ]
@@ -88,7 +106,7 @@ def frontier_rows() -> dict[tuple[str, str], dict[str, str]]:
 
 
 def provenance(name: str) -> str:
-    """"Made by `COMMAND` on DATE": the file's own line where it has one, else its command and
+    """ "Made by `COMMAND` on DATE": the file's own line where it has one, else its command and
     the date it was last committed."""
     text = (RESULTS / name).read_text()
     own = re.search(r"^Made by `[^`]+` on \d{4}-\d{2}-\d{2}", text, re.M)
@@ -97,7 +115,10 @@ def provenance(name: str) -> str:
     try:
         date = subprocess.run(
             ["git", "log", "-1", "--format=%cs", "--", f"results/{name}"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         date = ""
@@ -145,7 +166,7 @@ def include(name: str) -> str:
 
 
 def layout() -> str:
-    """The package's layout, from the docstring of ``core/__init__.py`` (the one place it is kept)."""
+    """The package layout, from the docstring of ``core/__init__.py`` (kept in one place)."""
     import ast
 
     doc = ast.get_docstring(ast.parse((ROOT / "core" / "__init__.py").read_text())) or ""
@@ -165,7 +186,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         r"^<!-- results: ([\w.-]+\.md) -->$", lambda m: include(m.group(1)), markdown, flags=re.M
     )
     # The table's link points from the repository root (README.md); in the site it is a name.
-    table = choice_table().replace("[results/frontier.md](results/frontier.md)", "`results/frontier.md`")
+    table = choice_table().replace(
+        "[results/frontier.md](results/frontier.md)", "`results/frontier.md`"
+    )
     markdown = markdown.replace("<!-- generated: layout -->", layout())
     return markdown.replace("<!-- generated: choice-table -->", table)
 
@@ -175,7 +198,9 @@ def on_files(files: Any, config: Any) -> Any:
 
     for image in sorted(RESULTS.glob("*.png")):
         files.append(
-            File(f"results/{image.name}", str(ROOT), config["site_dir"], config["use_directory_urls"])
+            File(
+                f"results/{image.name}", str(ROOT), config["site_dir"], config["use_directory_urls"]
+            )
         )
     return files
 
@@ -191,5 +216,7 @@ if __name__ == "__main__":
     path = ROOT / "README.md"
     new = readme_with_table(path.read_text())
     if "--check" in sys.argv[1:]:
-        sys.exit(0 if new == path.read_text() else "README.md's table is stale: python docs/hooks.py")
+        sys.exit(
+            0 if new == path.read_text() else "README.md's table is stale: python docs/hooks.py"
+        )
     path.write_text(new)

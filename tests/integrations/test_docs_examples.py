@@ -27,7 +27,9 @@ pytest.importorskip("fastapi")
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(?:<!-- docs-test: (?P<mark>[^>]*?) -->\n)?```python\n(?P<code>.*?)\n```", re.S)
+BLOCK = re.compile(
+    r"(?:<!-- docs-test: (?P<mark>[^>]*?) -->\n)?```python\n(?P<code>.*?)\n```", re.S
+)
 ANSWER = "17 * 24 = 408."
 
 
@@ -72,9 +74,22 @@ def reply(prompt: str) -> str:
         return "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in values.items()) + (
             "[[ ## completed ## ]]"
         )
-    if "Reply with one JSON object" in prompt or "JSON" in turn:
-        return json.dumps({"answer": 408})
+    if "JSON" in prompt:  # a JSON schema described in the prompt, or any object
+        return json.dumps({k: value(v) for k, v in schema_in(prompt).items()} or {"answer": 408})
     return ANSWER
+
+
+def schema_in(prompt: str) -> dict[str, Any]:
+    """The properties of the first JSON schema written in ``prompt`` ({} if none)."""
+    decoder = json.JSONDecoder()
+    for start in (m.start() for m in re.finditer(r"\{", prompt)):
+        try:
+            found, _ = decoder.raw_decode(prompt[start:])
+        except ValueError:
+            continue
+        if isinstance(found, dict) and isinstance(found.get("properties"), dict):
+            return found["properties"]
+    return {}
 
 
 @pytest.fixture
