@@ -3,11 +3,13 @@
 A line ``<!-- results: NAME.md -->`` in a page is replaced by that results file, headed by the
 command that made it and its date; ``<!-- generated: choice-table -->`` by the table "which
 method and preset for what", built from ``results/frontier.md``. The results' images are copied
-into the site under ``results/``. Nothing measured is typed into the pages by hand.
+into the site under ``results/``; ``<!-- generated: layout -->`` and
+``<!-- generated: sampling-fields -->`` by the tables in the docstrings of ``core/__init__.py``
+and ``core/fields.py``. Nothing measured is typed into the pages by hand.
 
 ``python docs/hooks.py`` rewrites the same table in README.md (between its
 ``<!-- choice-table:start -->`` and ``<!-- choice-table:end -->`` markers);
-``tests/unit/test_docs.py`` checks that README.md holds what this prints.
+``tests/core/test_docs.py`` checks that README.md holds what this prints.
 """
 
 from __future__ import annotations
@@ -174,6 +176,21 @@ def layout() -> str:
     return doc[start:].strip() + "\n"
 
 
+def sampling_fields() -> str:
+    """The sampling-field table, from the docstring of ``core/fields.py`` (kept in one place):
+    its literal block as a text block, then the paragraph after it."""
+    import ast
+    import textwrap
+
+    doc = ast.get_docstring(ast.parse((ROOT / "core" / "fields.py").read_text())) or ""
+    lines = doc.split("::\n", 1)[1].splitlines()
+    # The literal block is indented; the first unindented line after it starts the prose.
+    end = next(i for i, line in enumerate(lines) if line and not line.startswith(" "))
+    table = textwrap.dedent("\n".join(lines[:end])).strip("\n")
+    tail = "\n".join(lines[end:]).strip()
+    return f"```text\n{table}\n```\n\n{tail}\n"
+
+
 def on_startup(command: str, dirty: bool) -> None:
     shadow_package()
 
@@ -190,6 +207,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         "[results/frontier.md](results/frontier.md)", "`results/frontier.md`"
     )
     markdown = markdown.replace("<!-- generated: layout -->", layout())
+    markdown = markdown.replace("<!-- generated: sampling-fields -->", sampling_fields())
     return markdown.replace("<!-- generated: choice-table -->", table)
 
 

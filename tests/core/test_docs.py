@@ -34,3 +34,16 @@ def test_results_included_by_the_docs_exist_and_name_their_command() -> None:
     assert names, "the docs include no results"
     for name in names:
         assert module.include(name).startswith("Made by `") or "Made by `" in module.include(name)
+
+
+def test_sampling_field_table_is_included_with_every_field() -> None:
+    from power_sampling.fields import TABLE_FIELDS
+
+    page = (ROOT / "docs" / "choosing-settings.md").read_text()
+    assert "<!-- generated: sampling-fields -->" in page
+    table = hooks().sampling_fields()
+    assert table.startswith("```text\nfield ")
+    block = table.split("```")[1].splitlines()[1:]
+    rows = {line.split()[0].rstrip(",") for line in block if line[:1].isalpha()}
+    missing = {*TABLE_FIELDS, "seed", "stop"} - rows
+    assert not missing, f"core/fields.py's table lost {sorted(missing)}"
