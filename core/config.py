@@ -123,8 +123,8 @@ class PowerSamplingConfig(BaseModel):
     reuse_rollouts: bool = False
     """Block mode: the chosen block's rollouts, cut to the next block's length, serve as up to M
     of the next step's L candidate blocks, so only the rest are drawn afresh. Off by default:
-    those blocks were selected partly for their rollouts (see the README's performance
-    section for the measured effect). ``power`` only."""
+    those blocks were selected partly for their rollouts (the frontier in docs/fidelity.md
+    measures the effect). ``power`` only."""
 
     num_particles: int = 64
     """N, particles decoded together by ``smc``; >= 1, Power-SMC's scripts 64. The returned
@@ -243,7 +243,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         seed=0,
     ),
     # Small budgets for a small model on a CPU.
-    # K, L, M from the fidelity study (README, "Fidelity at small budgets"): L = 16 candidates,
+    # K, L, M from the fidelity study (docs/fidelity.md): L = 16 candidates,
     # the top 8 with 2 rollouts each. Each preset's measured TV and cost: results/frontier.md.
     "cpu": dict(
         alpha=4.0,
@@ -259,7 +259,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The reuse fast path at the paper's settings: L = M = 8, so after the first block the chosen
 # block's kept rollouts are every candidate and a block costs one rollout phase (H steps, no
-# candidate call): the critical path of standard decoding (README, "Critical path").
+# candidate call): the critical path of standard decoding (docs/performance.md).
 PRESETS["paper-fast"] = dict(PRESETS["paper"], num_candidates=8, reuse_rollouts=True)
 
 

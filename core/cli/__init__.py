@@ -47,7 +47,7 @@ def configure_runtime() -> None:
 
     ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep instead of spinning between operations.
     A small model makes many tiny operations; on a CPU shared with other work, spinning threads
-    fight for the cores (the README's "Performance" section has the measurement).
+    fight for the cores (docs/performance.md, "CPU threads").
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -44,6 +44,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
               power-sampling eval compare --task gsm8k --limit 20 --preset cpu
               power-sampling eval --task math500 --method power --preset paper \\
                   --model Qwen/Qwen2.5-Math-7B --dtype bfloat16 --device cuda
+
+            docs: docs/evaluation.md (what a run writes, statistics, resuming, sandboxing)
             """
         ),
     )

@@ -43,6 +43,8 @@ def add_parser(subparsers: Any) -> None:
               power-sampling generate "What is 17 * 3?" --preset cpu
               power-sampling generate "Write a haiku." --alpha 2 --stream
               echo "Q: 2 + 2 = ?" | power-sampling generate - --no-chat --json --trace
+
+            docs: docs/choosing-settings.md (which method and preset), docs/getting-started.md
             """
         ),
     )

@@ -52,6 +52,8 @@ def add_parser(subparsers: Any) -> None:
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --backend vllm
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --replicas 8 \\
                   --gpus-per-replica 1 --ray-address auto
+
+            docs: docs/serving.md (flags, API keys, limits, Ray, vLLM; `make docs` builds the site)
             """
         ),
     )
@@ -207,7 +209,7 @@ def _access(args: argparse.Namespace) -> tuple[Any, Any]:
         raise UsageError(
             f"--host {args.host} is reachable from other machines, and no API key is set: pass "
             f"--api-key KEY (or set {API_KEY_ENV_VAR}), or --allow-unauthenticated if a gateway "
-            "in front of the server checks who calls it"
+            "in front of the server checks who calls it (docs/serving.md#api-keys-and-limits)"
         )
     if args.request_timeout is not None and args.request_timeout <= 0:
         raise UsageError(f"--request-timeout {args.request_timeout:g}: use a positive number")

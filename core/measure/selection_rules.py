@@ -2,7 +2,7 @@
 
 Each is a :class:`ScalablePowerSampler` whose block step builds its candidate pool differently;
 ``python -m power_sampling.measure.fidelity --rules`` compares them with top-K at equal settings on
-the study's tables. They exist to keep the README's comparison reproducible, not for use: the
+the study's tables. They keep the fidelity page's comparison reproducible and are not for use: the
 weights they add are folded into the candidates' log-likelihoods, so ``Generation.logprob`` of
 their generations is not the base log-likelihood.
 

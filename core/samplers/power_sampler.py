@@ -81,8 +81,8 @@ class PowerSampler:
         override the sampler's config for this request; ``stop`` strings (cut from the text) and
         ``stop_token_ids`` end it besides the model's own end tokens; ``trace`` records per-step
         diagnostics; ``constraint`` (a :class:`~power_sampling.constraints.Constraint`) restricts
-        the output to the valid ones, each method with its own target (README, "Constrained
-        outputs"). Invalid values raise ``ValueError`` naming the field and the fix.
+        the output to the valid ones, each method with its own target
+        (docs/constrained.md). Invalid values raise ``ValueError`` naming the field and the fix.
         """
         changes = {**settings, "max_new_tokens": max_new_tokens, "seed": seed}
         return Request(

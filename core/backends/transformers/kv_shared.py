@@ -29,7 +29,7 @@ WHOLE_ROWS_BYTES = 64 * 2**20
 this many bytes together keeps them, while a call runs, in one buffer per layer that each step
 writes its new columns into; a larger one assembles a layer's whole rows afresh at every step.
 That assembly copies every row's prefix at every step, which makes it most of a small model's
-step at long contexts (the README's "Whole-row buffers" gives the figures). Rows are kept
+step at long contexts (docs/performance.md, "Memory", gives the bound). Rows are kept
 (:meth:`SharedLayer.compact`) and shared again without the buffer."""
 
 
