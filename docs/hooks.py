@@ -27,6 +27,8 @@ RESULTS = ROOT / "results"
 COMMANDS = {
     "fidelity.md": "python -m power_sampling.measure.fidelity --out results",
     "fidelity-rules.md": "python -m power_sampling.measure.fidelity --rules --out results",
+    "vllm-async.md": "bash results/vllm-async.sh` and `python results/vllm_async_merge.py",
+    "budget-overhead.md": "the script shown below",
 }
 
 # (what for, how to ask for it, the frontier row that measures it: method, budget).
