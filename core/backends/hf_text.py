@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -30,6 +31,13 @@ class HFText:
     def __init__(self, tokenizer: Any, name: str) -> None:
         self.tokenizer = tokenizer
         self.name = name
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most UTF-8 bytes any token of the vocabulary is written with (added tokens
+        included). No token spells more text than that (a byte-level or ``▁`` symbol stands for
+        at most its own bytes), so b bytes of text take at least b / max_token_bytes tokens."""
+        return max((len(token.encode("utf-8")) for token in self.tokenizer.get_vocab()), default=1)
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``; special-token strings in it (``<|im_end|>``) become special

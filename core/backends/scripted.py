@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..text import first_stop
 from .base import BaseBackend, Continuation, SampleOutput, StopCondition, TokenIds, TopK, TopKOutput
+from .hf_text import HFText
 
 if TYPE_CHECKING:
     from ..constraints import Matcher
@@ -41,6 +42,9 @@ class ScriptedLM(BaseBackend):
         max_context: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        # The tokenizer's measures (max_token_bytes); the text methods below stay this class's
+        # own, since they record the prompts they see.
+        self.text = HFText(tokenizer, name)
         self._reply = (lambda _: reply) if isinstance(reply, str) else reply
         self._name = name
         self._max_context = max_context

@@ -9,11 +9,36 @@ forward tokens (tokens the model computes), an upper bound per method from its s
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import PowerSamplingConfig
+from ..request import content_text
 
-__all__ = ["LimitExceeded", "RequestLimits", "forward_tokens"]
+__all__ = ["LimitExceeded", "RequestLimits", "forward_tokens", "tokens_at_least"]
+
+NORMALISED_SHRINK = 4
+"""The most a tokenizer's Unicode normalisation can shrink UTF-8 text (NFKC maps a 4-byte
+mathematical letter to one ASCII byte)."""
+
+
+def tokens_at_least(prompt: Any, max_token_bytes: int) -> int:
+    """A lower bound on the tokens of ``prompt`` (a text or chat messages), from its size alone:
+    no token spells more than ``max_token_bytes`` bytes of (normalised) text, so the prompt's
+    text takes at least its bytes / (``NORMALISED_SHRINK`` · ``max_token_bytes``) tokens,
+    whatever the chat template adds. 0 for token ids (their count is exact) and anything else.
+    """
+    if isinstance(prompt, str):
+        size = len(prompt.encode("utf-8"))
+    elif isinstance(prompt, list | tuple) and all(isinstance(m, Mapping) for m in prompt):
+        try:
+            size = sum(len(content_text(m.get("content"), "").encode("utf-8")) for m in prompt)
+        except ValueError:
+            return 0  # a part the renderer will refuse with its own message
+    else:
+        return 0
+    return size // (NORMALISED_SHRINK * max(max_token_bytes, 1))
 
 
 class LimitExceeded(ValueError):

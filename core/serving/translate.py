@@ -32,6 +32,7 @@ from ..generation import Generation
 from ..request import Prompt, Request, resolve_settings
 from ..samplers.power_sampler import PowerSampler
 from . import inputs
+from .limits import tokens_at_least
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -154,6 +155,7 @@ def prepare(call: Call, sampler: PowerSampler) -> list[Prepared]:
     here, before any choice runs."""
     out: list[Prepared] = []
     for p, prompt in enumerate(call.prompts):
+        _check_size(prompt, sampler, "messages" if call.chat else "prompt")
         prepared = _prepare_chat(call, prompt, sampler) if call.chat else None
         if prepared is None:
             ids = sampler.encode_prompt(prompt)
@@ -176,6 +178,24 @@ def prepare(call: Call, sampler: PowerSampler) -> list[Prepared]:
             request = dataclasses.replace(prepared.request, config=config)
             out.append(Prepared(index, request, prepared.tools))
     return out
+
+
+def _check_size(prompt: Prompt, sampler: PowerSampler, what: str) -> None:
+    """Refuse, before rendering or tokenising it, a prompt too long for the context whatever
+    its tokens (:func:`~.limits.tokens_at_least`): a huge body costs no tokenisation."""
+    context = getattr(sampler.backend, "max_context", None)
+    text = getattr(sampler.backend, "text", None)
+    if context is None or text is None:
+        return
+    least = tokens_at_least(prompt, text.max_token_bytes)
+    if least >= context:
+        raise FieldError(
+            what,
+            f"This model's maximum context length is {context} tokens. However, the {what} "
+            f"has at least {least} tokens (measured from its size before tokenising), which "
+            f"leaves no room for the completion: shorten the {what}",
+            named=False,
+        )
 
 
 def _prepare_chat(call: Call, messages: Any, sampler: PowerSampler) -> Prepared:
