@@ -13,6 +13,7 @@ pipeline runs in seconds. An HTML comment before a block says how else it runs:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import re
@@ -139,6 +140,10 @@ def test_block_runs(
     mark: str, code: str, scripted_default: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    dspy_settings = importlib.import_module("dspy.dsp.utils.settings")  # the module
+    # A block's dspy.configure is global: each block configures a copy, dropped after it.
+    config = dspy_settings.main_thread_config
+    monkeypatch.setattr(dspy_settings, "main_thread_config", type(config)(config))
     output = io.StringIO()
     with contextlib.ExitStack() as stack:
         if mark == "server":
