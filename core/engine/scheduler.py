@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import copy
 import logging
 import queue
@@ -74,6 +73,7 @@ class Job:
     on_chunk: Callable[[Chunk], None] | None = None
     future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
     _cancelled: threading.Event = field(default_factory=threading.Event)
+    _ended: threading.Event = field(default_factory=threading.Event)  # its place is free
     _slots: int = 0
 
     def cancel(self) -> None:
@@ -248,8 +248,7 @@ class Scheduler:
         for job in waiting:
             job.cancel()
         for job in running:
-            with contextlib.suppress(Exception):
-                job.future.exception()
+            job._ended.wait()  # the future may be set before the job leaves the batch
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -300,6 +299,7 @@ class Scheduler:
                 self._running.discard(job)
                 self._used -= job._slots
                 self._admit()
+            job._ended.set()
 
 
 def _timed_out(timeout: float | None) -> TimeoutError:

@@ -24,7 +24,7 @@ def test_bench_runs_every_method_on_a_vllm_engine(tmp_path: Path) -> None:
     assert main(["bench", "--backend", "vllm", *FAST, "--json-out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["model"] == "SmolLM2-135M-Instruct"
-    assert set(report["methods"]) == {"standard", "power", "mcmc"}
+    assert set(report["methods"]) == {"standard", "power", "mcmc", "smc"}
     for result in report["methods"].values():
         assert result["wall_time_per_prompt"] > 0 and result["forward_tokens"] > 0
     assert "efficiency" not in report  # the model.generate replay is for transformers only
