@@ -10,8 +10,8 @@ resumes where it stopped. The methods follow the paper's Table 1 (arXiv 2601.215
 sampling (temperature 1), low temperature (1/alpha), best-of-N by base log-likelihood, MCMC power
 sampling (Karan & Du) and scalable power sampling.
 
-Every method is also compared with scalable power sampling (or the first method, without it)
-on the same problems, paired: the difference in pass@1 of the first samples with a 95% interval,
+Every method is also compared with scalable power sampling, and every other one with standard
+decoding (with neither, with the first method), on the same problems, paired: the difference in pass@1 of the first samples with a 95% interval,
 and McNemar's exact test on the problems where exactly one of the two is correct.
 """
 
@@ -46,6 +46,7 @@ def method_label(method: str, config: PowerSamplingConfig) -> str:
         "mcmc": f"MCMC power (alpha={config.alpha:g}, {config.mcmc_steps} steps)",
         "power": f"scalable power (alpha={config.alpha:g}, K={config.top_k}, "
         f"M={config.num_rollouts})",
+        "smc": f"Power-SMC (alpha={config.alpha:g}, N={config.num_particles})",
     }
     return labels.get(method, method)
 
@@ -108,15 +109,22 @@ def compare(
         )
         summaries.append(result.summary)
         correct[method] = {r["id"]: bool(r["correct"]) for r in result.records}
-    reference = "power" if "power" in correct else next(iter(correct))
-    paired = [
-        paired_comparison(method, reference, correct[method], correct[reference])
-        for method in correct
-        if method != reference
-    ]
+    # Every method against power sampling, then the rest against standard decoding.
+    references: list[str] = [m for m in ("power", "standard") if m in correct]
+    references = references or [next(iter(correct))]
     table = markdown_table(summaries)
-    if paired:
-        table += "\n\n" + paired_table(paired)
+    paired: list[Paired] = []
+    shown: set[str] = set()
+    for reference in references:
+        shown.add(reference)
+        group = [
+            paired_comparison(method, reference, correct[method], correct[reference])
+            for method in correct
+            if method not in shown
+        ]
+        if group:
+            table += "\n\n" + paired_table(group)
+        paired += group
     table_path = folder / f"{task.name}-compare.md"
     table_path.write_text(table + "\n", encoding="utf-8")
     plot_path = None

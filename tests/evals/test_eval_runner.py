@@ -255,7 +255,13 @@ def test_compare_every_method_on_the_tiny_model(tmp_path: Path, tiny_backend: An
     assert power.rollout_tokens > 0 and power.candidate_tokens > 0
     summary_table, paired = result.table.split("Paired against", 1)
     assert summary_table.count("\n| ") == len(methods) + 1  # the header too
-    assert "McNemar" in paired and len(result.paired) == len(methods) - 1
+    # each method against power, then the three others against standard decoding
+    assert "McNemar" in paired and len(result.paired) == len(methods) - 1 + 3
+    assert [(c.method, c.reference) for c in result.paired[-3:]] == [
+        ("low_temperature", "standard"),
+        ("best_of_n", "standard"),
+        ("mcmc", "standard"),
+    ]
     assert "scalable power (alpha=4, K=2, M=2)" in result.table
     assert result.table_path.read_text().strip() == result.table
     assert result.plot_path is not None
