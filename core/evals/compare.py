@@ -11,8 +11,9 @@ sampling (temperature 1), low temperature (1/alpha), best-of-N by base log-likel
 sampling (Karan & Du) and scalable power sampling.
 
 Every method is also compared with scalable power sampling, and every other one with standard
-decoding (with neither, with the first method), on the same problems, paired: the difference in pass@1 of the first samples with a 95% interval,
-and McNemar's exact test on the problems where exactly one of the two is correct.
+decoding (with neither, with the first method), on the same problems, paired: the difference in
+pass@1 of the first samples with a 95% interval, and McNemar's exact test on the problems where
+exactly one of the two is correct.
 """
 
 from __future__ import annotations
