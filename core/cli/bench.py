@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from typing import Any
 
@@ -104,6 +105,11 @@ def _cmd_bench(args: Any) -> int:
     if args.samples < 1:
         raise UsageError(f"--samples {args.samples} is invalid: use an integer >= 1")
     lengths = parse_lengths(args.prompt_lengths) if args.prompt_lengths else []
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed: pip install "
+            "'power-sampling[eval]' (or drop --plot)"
+        )
     if "mcmc_steps" not in args:  # the baseline is the paper's chain, whatever the preset
         config = config.replace(mcmc_steps=PAPER_MCMC_STEPS)
     threads = args.threads
@@ -178,9 +184,9 @@ def _load(args: Any, backend: Any, config: Any, prompts: list[Prompt]) -> int:
         prompts[0],
     )
     print(load_markdown(points, behind))
+    _write_json(args.json_out, {"load": as_json(points), "short_behind_long": behind})
     if args.plot:
         plot_load(points, args.plot)
-    _write_json(args.json_out, {"load": as_json(points), "short_behind_long": behind})
     return 0
 
 

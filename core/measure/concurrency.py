@@ -5,7 +5,8 @@ For each method and each concurrency c, c requests with distinct seeds (and, wit
 :class:`~power_sampling.engine.scheduler.Scheduler` over the backend, with the model's end
 tokens ignored so every request runs its full length. Reported per point: completion tokens per
 second over the whole run, p50 and p95 latency of the requests, and the backend calls made (the
-merged calls of all requests). The ratio of a point's throughput to the same method's at c = 1 is
+merged calls of all requests; none where the engine batches the requests' calls itself, e.g.
+vLLM's async engine). The ratio of a point's throughput to the same method's at c = 1 is
 what continuous batching buys.
 
 :func:`short_behind_long` measures the other half: the latency of a short request sent while a
@@ -42,12 +43,13 @@ class LoadPoint:
     tokens_per_second: float
     p50_latency: float
     p95_latency: float
-    backend_calls: int
+    backend_calls: int | None
+    """Merged calls; None where the scheduler does not merge (the engine batches itself)."""
 
 
 def _run(
     backend: Backend, requests: Sequence[Request], *, max_batch: int, merge: bool | None = None
-) -> tuple[list[float], int, float, int]:
+) -> tuple[list[float], int, float, int | None]:
     scheduler = Scheduler(
         IgnoreEOS(backend), max_batch=max_batch, max_queue=len(requests), merge=merge
     )
@@ -66,7 +68,8 @@ def _run(
     results = [job.future.result() for job in jobs]
     wall = max(ends) - start
     tokens = sum(len(g.token_ids) for g in results)
-    return [e - start for e in ends], tokens, wall, scheduler.batcher.calls
+    calls = scheduler.batcher.calls if scheduler.merge else None
+    return [e - start for e in ends], tokens, wall, calls
 
 
 def run_load(
@@ -150,7 +153,8 @@ def load_markdown(points: Sequence[LoadPoint], behind: dict[str, float] | None =
         ratio = p.tokens_per_second / base[p.method] if base.get(p.method) else float("nan")
         lines.append(
             f"| {p.method} | {p.concurrency} | {p.tokens_per_second:.1f} | {ratio:.2f}x | "
-            f"{p.p50_latency:.2f} | {p.p95_latency:.2f} | {p.backend_calls} |"
+            f"{p.p50_latency:.2f} | {p.p95_latency:.2f} | "
+            f"{'—' if p.backend_calls is None else p.backend_calls} |"
         )
     if behind:
         lines += [

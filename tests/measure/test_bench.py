@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,28 @@ def test_bench_concurrency_reports_load_and_plots(tmp_path: Path) -> None:
         assert together["backend_calls"] < 4 * alone["backend_calls"]
     assert report["short_behind_long"]["short_latency"] > 0
     assert plot.stat().st_size > 0
+
+
+def test_load_without_merging_reports_no_merged_calls(tiny_backend: Any) -> None:
+    from power_sampling import PowerSamplingConfig
+    from power_sampling.measure.concurrency import load_markdown, run_load
+
+    configs = {"standard": PowerSamplingConfig(method="standard", max_new_tokens=4)}
+    merged, unmerged = (
+        run_load(tiny_backend, configs, ["Hi"], [2], merge=merge)[-1] for merge in (True, False)
+    )
+    assert merged.backend_calls is not None and merged.backend_calls > 0
+    assert unmerged.backend_calls is None and unmerged.completion_tokens == 4 + 2
+    assert load_markdown([unmerged]).splitlines()[-1].endswith("| — |")
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from power_sampling.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    argv = ["bench", "--model", "random:tiny", "--concurrency", "1", "--plot", "load.png"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "power-sampling[eval]" in err
