@@ -185,10 +185,10 @@ def plot_load(points: Sequence[LoadPoint], path: str) -> None:
         late.plot(levels, [p.p95_latency for p in mine], marker="o", label=method)
     rate.set(xlabel="concurrent requests", ylabel="completion tokens / s")
     late.set(xlabel="concurrent requests", ylabel="p95 latency (s)")
-    levels = sorted({p.concurrency for p in points})
+    ticks = sorted({p.concurrency for p in points})
     for axes in (rate, late):  # log scale, ticks at the measured levels only
         axes.set_xscale("log")
-        axes.set_xticks(levels, [str(c) for c in levels])
+        axes.set_xticks(ticks, [str(c) for c in ticks])
         axes.minorticks_off()
     rate.legend()
     fig.tight_layout()
