@@ -38,9 +38,9 @@ lint: $(VENV)/.all
 typecheck: $(VENV)/.all
 	$(VENV)/bin/mypy core
 
-# tests/vllm_server needs the vLLM venv too: `make test-vllm-server` runs it.
+# Tests against vLLM's server (marked vllm_server) need the vLLM venv too: `make test-vllm-server`.
 test: lint typecheck
-	$(VENV)/bin/pytest -q --ignore=tests/vllm_server
+	$(VENV)/bin/pytest -q -m "not slow and not vllm_server"
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # The docs site (mkdocs.yml, pages under docs/) into site/; warnings are errors.
@@ -68,10 +68,11 @@ $(VLLM_VENV)/.built: pyproject.toml
 test-vllm: $(VLLM_VENV)/.built
 	OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm_backend
 
-# OpenAIBackend and the adapters over HTTP: the tests run in the main venv and start real vLLM
-# OpenAI servers from the vLLM venv (a missing venv fails here rather than skipping).
+# OpenAIBackend and the adapters over HTTP against vLLM: the tests run in the main venv and start
+# real vLLM OpenAI servers from the vLLM venv (a missing venv fails here rather than skipping).
+# `make test` runs the same tests against this project's own server.
 test-vllm-server: $(VENV)/.all $(VLLM_VENV)/.built
-	POWER_SAMPLING_REQUIRE_VLLM_SERVER=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/vllm_server
+	POWER_SAMPLING_REQUIRE_VLLM_SERVER=1 $(VENV)/bin/pytest -q -p no:cacheprovider -m vllm_server tests/remote
 
 # Tests marked slow (Ray replicas, LiteLLM-backed DSPy): minutes on 2 CPU cores.
 test-slow: $(VENV)/.all

@@ -200,6 +200,16 @@ class TextBackend(Backend, Protocol):
         ...
 
 
+@runtime_checkable
+class ScoringBackend(Backend, Protocol):
+    """A backend that also scores given sequences (one teacher-forced pass, no drawing): what a
+    server's prompt log-probs need (:mod:`power_sampling.serving.model_api`)."""
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+        """The base log-probs (temperature 1) of every token of each sequence after its first."""
+        ...
+
+
 class BaseBackend(ABC):
     """A :class:`Backend` whose calls are checked once, here, before a subclass does the work.
 

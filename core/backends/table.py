@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..power_math import logsumexp
-from .base import BaseBackend, Continuation, SampleOutput, StopCondition, TokenIds, TopK, TopKOutput
+from .base import (
+    BaseBackend,
+    Continuation,
+    SampleOutput,
+    StopCondition,
+    TokenIds,
+    TopK,
+    TopKOutput,
+    validate_prefixes,
+)
 
 if TYPE_CHECKING:
     from ..constraints import Matcher
@@ -90,6 +99,14 @@ class TableLM(BaseBackend):
         from ..constraints import allowed_tokens
 
         return allowed_tokens(matcher, self.vocab_size)
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+        """See :meth:`~.base.ScoringBackend.score`."""
+        validate_prefixes(sequences, self.vocab_size)
+        return [
+            tuple(float(self.logprobs(seq[:j])[seq[j]]) for j in range(1, len(seq)))
+            for seq in (tuple(int(t) for t in s) for s in sequences)
+        ]
 
     def _top_k(
         self,

@@ -50,6 +50,7 @@ def add_parser(subparsers: Any) -> None:
               POWER_SAMPLING_API_KEY=$(openssl rand -hex 16) power-sampling serve --host 0.0.0.0
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --device cuda --port 8000
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --backend vllm
+              power-sampling serve --method standard --logprobs-mode processed_logprobs
               power-sampling serve --model Qwen/Qwen2.5-7B-Instruct --replicas 8 \\
                   --gpus-per-replica 1 --ray-address auto
 
@@ -103,6 +104,14 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         default=256,
         help="waiting requests beyond which the server answers 503 at once [256]",
+    )
+    group.add_argument(
+        "--logprobs-mode",
+        choices=("raw_logprobs", "processed_logprobs"),
+        default="raw_logprobs",
+        help="what /v1/completions returns as log-probs under plain decoding (--method "
+        "standard), as in vLLM: the base model's at every temperature [raw_logprobs], or "
+        "those of the distribution drawn from, which remote MCMC and Power-SMC need",
     )
     group.add_argument(
         "--shutdown-timeout",
@@ -288,6 +297,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access=access,
         limits=limits,
         request_timeout=args.request_timeout,
+        logprobs_mode=args.logprobs_mode,
+        root=_root(args),
     )
     if not args.quiet:
         where = f"http://{args.host}:{args.port}/v1"
@@ -303,6 +314,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         engine.close()  # also closed by the app's shutdown; a second close is a no-op
     return 0
+
+
+def _root(args: argparse.Namespace) -> str | None:
+    """The served model's folder, where there is one (clients load its tokenizer from it)."""
+    if args.base_url:
+        return None
+    if args.model is None:
+        from ..backends.models import default_model_dir
+
+        return str(default_model_dir())
+    return os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
 
 
 def _loader(args: argparse.Namespace) -> Any:

@@ -11,7 +11,8 @@ kind of call, so requests of any method and settings advance together:
    requests stay in step, and a lane busy in Python does not hold the others up for longer.
 2. Calls are merged when the backend would treat them alike: ``sample`` calls with equal ``n``,
    temperature, stop condition and ``keep_cache``; ``top_k`` calls with equal ``keep_cache``
-   (the largest ``k`` is asked for and each call gets its own top entries). Unlike calls of one
+   (the largest ``k`` is asked for and each call gets its own top entries); ``score`` calls
+   (a :class:`~power_sampling.backends.base.ScoringBackend`'s) all together. Unlike calls of one
    round run one after the other.
 3. Every prefix carries its own seed (:func:`~power_sampling.backends.base.prefix_seeds`), so a
    request's draws are the same whatever it is merged with.
@@ -120,6 +121,12 @@ class Lane:
         output: TopKOutput = self._call("top_k", ("top_k", bool(keep_cache)), prefixes, options)
         return output
 
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+        """The backend's :meth:`~power_sampling.backends.base.ScoringBackend.score`, merged
+        with the other lanes' scoring calls."""
+        output: list[tuple[float, ...]] = self._call("score", ("score",), sequences, {})
+        return output
+
     def _call(
         self, kind: str, key: tuple[Any, ...], prefixes: Sequence[Sequence[int]], options: Any
     ) -> Any:
@@ -218,7 +225,12 @@ class Batcher:
 
     def _run(self, calls: list[_Call]) -> None:
         try:
-            merge = self._sample if calls[0].kind == "sample" else self._top_k
+            kinds: dict[str, Callable[[list[_Call]], Sequence[Any]]] = {
+                "sample": self._sample,
+                "top_k": self._top_k,
+                "score": self._score,
+            }
+            merge = kinds[calls[0].kind]
             outputs: Sequence[Any] = merge(calls)
             for call, output in zip(calls, outputs, strict=True):
                 call.result = output
@@ -271,6 +283,11 @@ class Batcher:
             )
             for c, part, share in zip(calls, parts, shares, strict=True)
         ]
+
+    def _score(self, calls: list[_Call]) -> list[list[tuple[float, ...]]]:
+        self.calls += 1
+        scores = self.backend.score([p for call in calls for p in call.prefixes])  # type: ignore[attr-defined]
+        return _split(scores, calls)
 
 
 def _constraint_kwargs(calls: Sequence[_Call]) -> dict[str, Any]:

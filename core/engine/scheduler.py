@@ -67,11 +67,13 @@ class QueueFull(RuntimeError):
 
 @dataclass(eq=False)
 class Job:
-    """A submitted request: its result arrives in ``future``; ``on_chunk`` gets streamed pieces."""
+    """A submitted request: its result arrives in ``future``; ``on_chunk`` gets streamed pieces.
+    A job of :meth:`Scheduler.submit_work` has no request: its ``work`` makes the model calls."""
 
-    request: Request
+    request: Request | None
     on_chunk: Callable[[Chunk], None] | None = None
-    future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    work: Callable[[Backend], Any] | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _ended: threading.Event = field(default_factory=threading.Event)  # its place is free
     _slots: int = 0
@@ -155,6 +157,22 @@ class Scheduler:
                 f"to {job._slots // rows(request.config)} tokens) but the engine's budget is "
                 f"{self.max_kv_tokens}; ask for fewer tokens or a smaller budget of rows"
             )
+        return self._queue(job)
+
+    def submit_work(self, work: Callable[[Backend], Any], slots: int) -> Job:
+        """Queue ``work(backend)``, a function of a few direct model calls (the server's model
+        API), admitted like a request of ``slots`` KV slots; its calls are merged with the
+        others'. The job's future gets what ``work`` returns."""
+        if self.max_kv_tokens is not None and slots > self.max_kv_tokens:
+            raise ValueError(
+                f"the call needs {slots} KV slots but the engine's budget is "
+                f"{self.max_kv_tokens}; ask for fewer tokens or fewer sequences"
+            )
+        job = Job(None, work=work)
+        job._slots = slots
+        return self._queue(job)
+
+    def _queue(self, job: Job) -> Job:
         with self._lock:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(
@@ -280,11 +298,10 @@ class Scheduler:
                 sampler.backend = lane
             try:
                 with cancellation(job._cancelled.is_set):
-                    for _, chunk in sampler.run([job.request], lambda _: job.cancelled):
-                        if job.on_chunk is not None:
-                            job.on_chunk(chunk)
-                        if chunk.generation is not None:
-                            job.future.set_result(chunk.generation)
+                    if job.work is not None:
+                        job.future.set_result(job.work(sampler.backend))
+                    else:
+                        _generate(sampler, job)
             except Cancelled:
                 pass
             except BaseException as exc:  # the caller's future carries the error
@@ -300,6 +317,15 @@ class Scheduler:
                 self._used -= job._slots
                 self._admit()
             job._ended.set()
+
+
+def _generate(sampler: PowerSampler, job: Job) -> None:
+    assert job.request is not None
+    for _, chunk in sampler.run([job.request], lambda _: job.cancelled):
+        if job.on_chunk is not None:
+            job.on_chunk(chunk)
+        if chunk.generation is not None:
+            job.future.set_result(chunk.generation)
 
 
 def _timed_out(timeout: float | None) -> TimeoutError:

@@ -31,11 +31,17 @@ from starlette.middleware.cors import CORSMiddleware
 from ..config import PowerSamplingConfig
 from ..engine.scheduler import QueueFull
 from ..errors import FieldError, error_message, field_path
+from . import model_api
 from .access import AccessGuard, AccessPolicy, PayloadTooLarge
 from .engine import Engine, Event, ShuttingDown, Started
 from .limits import RequestLimits
 from .responses import DONE, Reply, error_body, event
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
 from .translate import Call, Choice, Delta, chat_call, completion_call
 
 __all__ = ["create_app"]
@@ -61,14 +67,19 @@ def create_app(
     access: AccessPolicy | None = None,
     limits: RequestLimits | None = None,
     request_timeout: float | None = None,
+    logprobs_mode: str = "raw_logprobs",
+    root: str | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``engine`` under the name ``model``; requests' settings
     apply on top of ``defaults``, each request is held to ``limits`` and ends after
-    ``request_timeout`` seconds, and ``access`` decides who gets in. Shutting the app down closes
-    the engine."""
+    ``request_timeout`` seconds, and ``access`` decides who gets in. ``logprobs_mode``: what the
+    model API's log-probs are (:mod:`.model_api`); ``root``: the model's folder, named in
+    ``/v1/models`` (where clients load its tokenizer). Shutting the app down closes the
+    engine."""
     access = access or AccessPolicy()
     limits = limits or RequestLimits()
     limits.check(defaults, 1)  # the server's own defaults must be within its limits
+    model_api.check_mode(logprobs_mode)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -100,6 +111,7 @@ def create_app(
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = {"id": model, "object": "model", "created": created, "owned_by": "power-sampling"}
+        card |= {"root": root or model, "max_model_len": engine.max_context}
         return {"object": "list", "data": [card]}
 
     @app.get("/health")
@@ -113,6 +125,8 @@ def create_app(
                 raise _ModelNotFound(
                     f"the model {body.model!r} does not exist: this server serves {model!r}"
                 )
+            if isinstance(body, CompletionRequest) and model_api.wanted(body):
+                return await serve_model(http, body)
             call = to_call(body, defaults)
             limits.check(call.config, len(call.prompts) * call.n)
             events = engine.stream(call)
@@ -131,6 +145,47 @@ def create_app(
         if choices is None:
             return Response(status_code=499)  # nobody is listening
         return JSONResponse(reply.whole(choices))
+
+    async def serve_model(http: HTTPRequest, body: CompletionRequest) -> Any:
+        """A model-API completion (:mod:`.model_api`), whole."""
+        try:
+            call = model_api.model_call(body, defaults, limits, logprobs_mode)
+            work = _deadline(engine.model_call(call), request_timeout)
+            answer = await _until_disconnect(http, work)
+        except Exception as exc:
+            return _error(exc)
+        if answer is None:
+            return Response(status_code=499)  # nobody is listening
+        reply = Reply(model, chat=False, n=call.n)
+        return JSONResponse({**reply.head(), **answer})
+
+    @app.post("/tokenize")
+    async def tokenize(http: HTTPRequest) -> Any:
+        """vLLM's ``/tokenize`` of a text ``prompt``."""
+        try:
+            body = TokenizeRequest.model_validate(await http.json())
+            if body.model not in (None, model):
+                raise _ModelNotFound(
+                    f"the model {body.model!r} does not exist: this server serves {model!r}"
+                )
+            tokens = await engine.tokenize(body.prompt, body.add_special_tokens)
+        except Exception as exc:
+            return _error(exc)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_context}
+
+    @app.post("/detokenize")
+    async def detokenize(http: HTTPRequest) -> Any:
+        """vLLM's ``/detokenize`` of token ids."""
+        try:
+            body = DetokenizeRequest.model_validate(await http.json())
+            if body.model not in (None, model):
+                raise _ModelNotFound(
+                    f"the model {body.model!r} does not exist: this server serves {model!r}"
+                )
+            text = await engine.detokenize(body.tokens)
+        except Exception as exc:
+            return _error(exc)
+        return {"prompt": text}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: HTTPRequest) -> Any:
@@ -163,7 +218,7 @@ def _late(seconds: float | None) -> str:
     )
 
 
-async def _until_disconnect(http: HTTPRequest, work: Any) -> list[Choice] | None:
+async def _until_disconnect(http: HTTPRequest, work: Any) -> Any:
     """``work``'s result, or None (and ``work`` cancelled) once the client has gone."""
     task = asyncio.ensure_future(work)
     try:

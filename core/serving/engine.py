@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..backends.base import Backend
+from ..backends.base import Backend, TextBackend
 from ..chat import tools as tc
 from ..engine.scheduler import Job, Scheduler
 from ..generation import Chunk
 from ..request import Request
 from ..samplers.power_sampler import PowerSampler
+from . import model_api
+from .model_api import ModelCall
 from .translate import Call, Choice, Delta, Prepared, finish, prepare
 
 __all__ = ["Engine", "Event", "LocalEngine", "ShuttingDown", "Started"]
@@ -51,7 +53,16 @@ Event = Started | Delta | Choice
 class Engine(Protocol):
     """What the HTTP app needs from where the model runs."""
 
+    @property
+    def max_context(self) -> int | None: ...
+
     def stream(self, call: Call) -> AsyncIterator[Event]: ...
+
+    async def model_call(self, call: ModelCall) -> dict[str, Any]: ...
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
 
     def close(self) -> None: ...
 
@@ -131,6 +142,42 @@ class LocalEngine:
         finally:
             self._cancel(jobs)
 
+    @property
+    def max_context(self) -> int | None:
+        """The model's context length in tokens, if known."""
+        return getattr(self.scheduler.backend, "max_context", None)
+
+    async def model_call(self, call: ModelCall) -> dict[str, Any]:
+        """A model-API call's ``choices`` and ``usage`` (:mod:`.model_api`): one job of the
+        scheduler; cancelling the await cancels it."""
+        backend = self.scheduler.backend
+        prepared = await asyncio.to_thread(model_api.prepare, call, backend)  # tokenizer work
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down; retry later")
+            job = self.scheduler.submit_work(
+                functools.partial(model_api.run, prepared), prepared.slots
+            )
+            self._jobs.add(job)
+        try:
+            answer: dict[str, Any] = await asyncio.wrap_future(job.future)
+            return answer
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            if self._closed:
+                raise ShuttingDown("the server is shutting down; retry later") from None
+            raise
+        finally:
+            self._cancel([job])
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        """``text``'s token ids on this engine's model."""
+        return await asyncio.to_thread(
+            _text(self.scheduler.backend).encode, text, add_special_tokens=add_special_tokens
+        )
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await asyncio.to_thread(_text(self.scheduler.backend).decode, tokens)
+
     def close(self) -> None:
         """Cancel what is queued or running and stop the scheduler's worker; calls after this
         fail with :class:`ShuttingDown`."""
@@ -165,6 +212,12 @@ class LocalEngine:
             job.cancel()
         with self._lock:
             self._jobs.difference_update(jobs)
+
+
+def _text(backend: Backend) -> TextBackend:
+    if not isinstance(backend, TextBackend):
+        raise ValueError("this server's model has no tokenizer: it takes and returns token ids")
+    return backend
 
 
 def _done(put: Any, index: int, _: Any) -> None:

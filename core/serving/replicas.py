@@ -21,6 +21,7 @@ from typing import Any
 
 from ..backends.base import Backend
 from .engine import Event, LocalEngine
+from .model_api import ModelCall
 from .translate import Call
 
 __all__ = ["RayEngine", "Replica"]
@@ -39,6 +40,19 @@ class Replica:
         self.calls += 1
         async for item in self.engine.stream(call):
             yield item
+
+    async def model_call(self, call: ModelCall) -> dict[str, Any]:
+        self.calls += 1
+        return await self.engine.model_call(call)
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return await self.engine.tokenize(text, add_special_tokens)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await self.engine.detokenize(tokens)
+
+    async def max_context(self) -> int | None:
+        return self.engine.max_context
 
     async def pid(self) -> int:
         return os.getpid()
@@ -85,6 +99,7 @@ class RayEngine:
         actor = ray.remote(Replica).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self.actors: list[Any] = [actor.remote(load, engine_options) for _ in range(replicas)]
         self.pids: list[int] = ray.get([a.pid.remote() for a in self.actors])  # loaded
+        self.max_context: int | None = ray.get(self.actors[0].max_context.remote())
         self._in_flight = [0] * replicas
         self._turn = itertools.count()
         self._closed = False
@@ -107,6 +122,26 @@ class RayEngine:
         finally:
             self._in_flight[k] -= 1
             self._ray.cancel(refs)  # a no-op once the stream has ended
+
+    async def model_call(self, call: ModelCall) -> dict[str, Any]:
+        """A model-API call on the replica with the fewest calls in flight."""
+        k = self._pick()
+        self._in_flight[k] += 1
+        ref = self.actors[k].model_call.remote(call)
+        try:
+            answer: dict[str, Any] = await ref
+            return answer
+        finally:
+            self._in_flight[k] -= 1
+            self._ray.cancel(ref)  # a no-op once it has ended
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        ids: list[int] = await self.actors[self._pick()].tokenize.remote(text, add_special_tokens)
+        return ids
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        text: str = await self.actors[self._pick()].detokenize.remote(tokens)
+        return text
 
     def served(self) -> list[int]:
         """Calls each replica has run."""

@@ -27,14 +27,15 @@ class Reply:
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
 
-    def _head(self, chunk: bool) -> dict[str, Any]:
+    def head(self, chunk: bool = False) -> dict[str, Any]:
+        """The response's id, object, creation time and model."""
         kind = self.object + (".chunk" if chunk and self.chat else "")
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     def whole(self, choices: Sequence[Choice]) -> dict[str, Any]:
         """The non-streamed response."""
         return {
-            **self._head(False),
+            **self.head(False),
             "choices": [self._choice(c) for c in choices],
             "usage": usage(choices, self.n),
             "power_sampling": summary(choices),
@@ -58,7 +59,7 @@ class Reply:
             choice["delta"] = delta
         else:
             choice["text"] = delta
-        return event({**self._head(True), "choices": [choice]})
+        return event({**self.head(True), "choices": [choice]})
 
     def opening(self, index: int) -> str:
         """Chat streams start each choice with its role."""
@@ -79,7 +80,7 @@ class Reply:
     def usage_chunk(self, choices: Sequence[Choice]) -> str:
         return event(
             {
-                **self._head(True),
+                **self.head(True),
                 "choices": [],
                 "usage": usage(choices, self.n),
                 "power_sampling": summary(choices),

@@ -4,8 +4,11 @@ The sampling fields (``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, 
 ``logit_bias``, ``logprobs``, ``top_logprobs``, ``n``) mean what the table in
 :mod:`power_sampling.fields` says, as in every other entry point: honoured, or a 400 whose
 ``param`` is the field. Other fields that change nothing sampled (``user``, ...) are accepted,
-as vLLM's server does; ``echo`` and ``suffix`` are a 400. Power-sampling settings come in
-``power_sampling`` (the ``openai`` client's ``extra_body={"power_sampling": {...}}``).
+as vLLM's server does; ``echo`` and ``suffix`` are a 400. vLLM's own completions fields
+(``prompt_logprobs``, ``return_token_ids``, ``stop_token_ids``, ...) are served by the model API
+(:mod:`.model_api`) under plain decoding, and a 400 under the other methods. Power-sampling
+settings come in ``power_sampling`` (the ``openai`` client's
+``extra_body={"power_sampling": {...}}``).
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-MAX_CHOICES = 16
-"""Most completions (``n``) one request may ask for: each is a sampler run."""
 
 
 class StreamOptions(BaseModel):
@@ -34,7 +34,7 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0)
-    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     power_sampling: dict[str, Any] | None = None
@@ -86,6 +86,18 @@ class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     suffix: str | None = None
+    # vLLM's fields, served by the model API (:mod:`.model_api`) under plain decoding
+    prompt_logprobs: int | None = Field(None, ge=0)
+    return_token_ids: bool | None = None
+    return_tokens_as_token_ids: bool | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    add_special_tokens: bool | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
 
     def unsupported(self) -> str | None:
         if self.echo:
@@ -102,3 +114,22 @@ class CompletionRequest(_Common):
         if prompt and all(isinstance(p, int) for p in prompt):
             return [list(prompt)]  # type: ignore[arg-type]
         return list(prompt)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize`` (vLLM's): a text's token ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    """``POST /detokenize`` (vLLM's): token ids' text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    tokens: list[int]

@@ -1,5 +1,6 @@
 """OpenAIBackend without a server: an unreachable address fails at once with the fix, never
-hangs. (Everything else is tested against real vLLM servers in tests/vllm_server/.)"""
+hangs. (Everything else is tested against real servers, vLLM's and this project's, in
+tests/remote/.)"""
 
 from __future__ import annotations
 

@@ -34,7 +34,15 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..base import Continuation, SampleOutput, StopCondition, TokenIds, TopK, TopKOutput
+from ..base import (
+    Continuation,
+    SampleOutput,
+    StopCondition,
+    TokenIds,
+    TopK,
+    TopKOutput,
+    validate_prefixes,
+)
 from ..hf_text import HFBackend, stop_ids
 from ..vllm.logprobs import Drawn, Seq, continuation
 from . import probe
@@ -234,6 +242,13 @@ class OpenAIBackend(HFBackend):
 
     def _body(self) -> dict[str, Any]:
         return {"model": self.model, **_PLAIN}
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+        """See :meth:`~..base.ScoringBackend.score` (the server's prompt log-probs)."""
+        validate_prefixes(sequences, self.vocab_size)
+        seqs = [tuple(int(t) for t in s) for s in sequences]
+        scores = self._score(seqs)
+        return [tuple(scores[s]) for s in seqs]
 
     def _score(self, sequences: list[Seq]) -> dict[Seq, list[float]]:
         """Base log-probs of every token of each sequence after its first (prompt log-probs,

@@ -36,6 +36,7 @@ from ..base import (
     TokenIds,
     TopK,
     TopKOutput,
+    validate_prefixes,
 )
 from ..cancel import abandoned
 from ..hf_text import HFBackend, stop_ids
@@ -49,6 +50,9 @@ from .runs import ModelRuns
 
 if TYPE_CHECKING:
     from ...constraints import Matcher
+
+SCORE_LOGITS = 1 << 26
+"""Most logits (rows × positions × vocabulary) one scoring forward holds at once."""
 
 
 class TransformersBackend(ModelRuns, HFBackend):
@@ -267,3 +271,25 @@ class TransformersBackend(ModelRuns, HFBackend):
         flat = [c for p, _ in parts for c in p]
         grouped = [flat[i * n : (i + 1) * n] for i in range(len(prefixes))]
         return SampleOutput(grouped, sum(f for _, f in parts), steps)
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+        """See :meth:`~..base.ScoringBackend.score`: one forward pass over each chunk of
+        sequences, without the kept rows. Sequences are right-padded: causal attention never
+        lets a real position see the padding after it."""
+        validate_prefixes(sequences, self.vocab_size)
+        seqs = [[int(t) for t in s] for s in sequences]
+        longest = max((len(s) for s in seqs), default=1)
+        size = max(1, min(self.max_batch_size, SCORE_LOGITS // (longest * self.vocab_size)))
+
+        def run(chunk: range) -> list[tuple[float, ...]]:
+            rows = [seqs[i] for i in chunk]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=self.device)
+            logits = self.model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            picked = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0].tolist()
+            self._runs += 1
+            return [tuple(p[: len(r) - 1]) for p, r in zip(picked, rows, strict=True)]
+
+        with self._lock, torch.inference_mode():
+            parts = in_chunks(len(seqs), run, size, self.name)
+        return [scores for part in parts for scores in part]

@@ -48,6 +48,7 @@ from ..base import (
     TokenIds,
     TopK,
     TopKOutput,
+    validate_prefixes,
 )
 from ..hf_text import HFBackend, stop_ids
 from .logprobs import LOGPROBS_MODES, Seq, continuation, cut, from_completion
@@ -265,6 +266,13 @@ class VLLMBackend(HFBackend):
         return [None if m is None else Call(m, self.vocab_size, k) for m in constraint]
 
     # -- engine calls ------------------------------------------------------------------------
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+        """See :meth:`~..base.ScoringBackend.score` (vLLM's prompt log-probs)."""
+        validate_prefixes(sequences, self.vocab_size)
+        seqs = [tuple(int(t) for t in s) for s in sequences]
+        scores, _ = self._score(seqs)
+        return [tuple(scores[s]) for s in seqs]
 
     def _score(self, sequences: list[Seq]) -> tuple[dict[Seq, list[float]], int]:
         """Base log-probs of every token of each sequence after its first, keyed by sequence,

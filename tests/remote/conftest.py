@@ -1,13 +1,19 @@
-"""Real vLLM OpenAI servers for the tests of ``OpenAIBackend`` and the adapters over HTTP.
+"""Real OpenAI-compatible servers for the tests of ``OpenAIBackend`` and the adapters over HTTP.
 
-The tests run in the main venv (transformers, LangChain, DSPy); the servers run in the vLLM venv
-(``.venv-vllm``, built by ``make test-vllm``; another interpreter with vLLM can be named by
-``POWER_SAMPLING_VLLM_PYTHON``), each started on 127.0.0.1 at a free port, waited for on
-``/health`` within a bounded time, and stopped with its process group at the end of the
-session. Without the vLLM venv the tests skip, saying so; ``make test-vllm-server`` (in CI) sets
-``POWER_SAMPLING_REQUIRE_VLLM_SERVER=1`` so that they fail instead.
+Every test runs against two targets, each a real server on 127.0.0.1 at a free port, started
+once per session and stopped at its end:
 
-Two servers, once per session: the embedded SmolLM2 in float32 with vLLM's default
+* ``vllm``: vLLM's OpenAI server, run from the vLLM venv (``.venv-vllm``, built by
+  ``make test-vllm``; another interpreter with vLLM can be named by
+  ``POWER_SAMPLING_VLLM_PYTHON``), waited for on ``/health`` within a bounded time and stopped
+  with its process group. These are marked ``vllm_server`` and run by ``make test-vllm-server``
+  (in CI), which sets ``POWER_SAMPLING_REQUIRE_VLLM_SERVER=1`` so that a missing venv fails
+  instead of skipping.
+* ``power-sampling``: this project's own server (``power_sampling.serving``) with plain
+  decoding as its method, whose model API speaks vLLM's completions fields
+  (:mod:`power_sampling.serving.model_api`); it runs in this process, in ``make test``.
+
+Two models per target: the embedded SmolLM2 in float32 with vLLM's default
 ``--logprobs-mode raw_logprobs`` (what most deployments run), and a five-token table model
 (token ids only) with ``processed_logprobs``, for the distributions against exact enumeration.
 """
@@ -21,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,28 +114,66 @@ def _stop(process: subprocess.Popen[Any]) -> None:
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
-def embedded_url() -> Iterator[str]:
-    """The embedded SmolLM2-135M-Instruct served in float32, vLLM's default log-probs mode."""
-    _require_vllm()
+TARGETS = [pytest.param("vllm", marks=pytest.mark.vllm_server), "power-sampling"]
+
+
+@contextmanager
+def own_server(backend: Any, model: str, mode: str, root: str | None = None) -> Iterator[str]:
+    """This project's server over ``backend``, plain decoding by default; yields its URL."""
+    from power_sampling import PowerSamplingConfig
+    from power_sampling.serving import BackgroundServer, LocalEngine, create_app
+
+    defaults = PowerSamplingConfig(method="standard", max_new_tokens=16)
+    app = create_app(
+        LocalEngine(backend), model=model, defaults=defaults, logprobs_mode=mode, root=root
+    )
+    with BackgroundServer(app) as server:
+        yield f"{server.url}/v1"
+
+
+@pytest.fixture(scope="session", params=TARGETS)
+def embedded_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The embedded SmolLM2-135M-Instruct served in float32 with a 1024-token context, in
+    vLLM's default log-probs mode."""
     pytest.importorskip("transformers")
     from power_sampling.backends.models import default_model_dir
 
-    yield from start_server(default_model_dir(), "--max-model-len", "1024")
+    if request.param == "vllm":
+        _require_vllm()
+        yield from start_server(default_model_dir(), "--max-model-len", "1024")
+        return
+    from power_sampling.backends import TransformersBackend
+    from power_sampling.backends.models import load_default_pretrained
+
+    backend = TransformersBackend.from_transformers(*load_default_pretrained())
+    backend.max_context = 1024
+    name, root = "SmolLM2-135M-Instruct", str(default_model_dir())
+    with own_server(backend, name, "raw_logprobs", root) as url:
+        yield url
 
 
-@pytest.fixture(scope="session")
-def table_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+@pytest.fixture(scope="session", params=TARGETS)
+def table_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Any]]:
     """A five-token table model served with ``processed_logprobs`` (token ids only), and the
     model itself, the reference. vLLM's CPU attention needs head_dim >= 32."""
-    _require_vllm()
     pytest.importorskip("transformers")
     from power_sampling.testing import tiny_table_model
 
     model = tiny_table_model(5, seed=0, head_dim=32)
-    folder = tmp_path_factory.mktemp("table")
-    model.save_pretrained(folder)
-    args = ["--logprobs-mode", "processed_logprobs", "--max-model-len", "16"]
-    args += ["--max-logprobs", "8", "--skip-tokenizer-init"]
-    for url in start_server(folder, *args):
+    if request.param == "vllm":
+        _require_vllm()
+        folder = tmp_path_factory.mktemp("table")
+        model.save_pretrained(folder)
+        args = ["--logprobs-mode", "processed_logprobs", "--max-model-len", "16"]
+        args += ["--max-logprobs", "8", "--skip-tokenizer-init"]
+        for url in start_server(folder, *args):
+            yield url, model
+        return
+    from power_sampling.backends import TransformersBackend
+
+    with own_server(
+        TransformersBackend.from_transformers(model), "table", "processed_logprobs"
+    ) as url:
         yield url, model
