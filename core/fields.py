@@ -28,7 +28,9 @@ one call wins over the one its instance was built with.
     logit_bias         None or {} only; to allow only some outputs, pass a constraint
                        (response_format, tools)
     logprobs,          None, False or 0 only: per-token log-probs are not returned
-    top_logprobs       (Generation.logprob is the output's base log-likelihood)
+    top_logprobs       (Generation.logprob is the output's base log-likelihood); the server's
+                       text completions under plain decoding return them (its model API,
+                       power_sampling.serving.model_api)
     n                  choices per prompt: the server returns n (choice i > 0 seeded from
                        (seed, i)); single-answer entry points (PowerSampler.request, LangChain,
                        DSPy) take 1 only: call once per sample, each with its own seed
