@@ -1,10 +1,12 @@
-"""The FastAPI app: OpenAI's ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions``.
+"""The FastAPI app: OpenAI's ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions``,
+and vLLM's ``/tokenize`` and ``/detokenize``.
 
 Requests become :class:`~.translate.Call` objects (settings checked here, so bad ones are a 400
 before any work), run on an :class:`~.engine.Engine`, and come back whole or as server-sent
-events. Status codes: 400 bad request or settings (the config's own message) or a request over
-the server's :class:`~.limits.RequestLimits`, 401/413/415 from the :class:`~.access.AccessGuard`,
-404 another model or path, 405 a wrong method, 503 a full queue or a server that is shutting down
+events; a text completion for the model API (:mod:`.model_api`) comes back whole. Status
+codes: 400 bad request or settings (the config's own message) or a request over the server's
+:class:`~.limits.RequestLimits`, 401/413/415 from the :class:`~.access.AccessGuard`, 404
+another model or path, 405 a wrong method, 503 a full queue or a server that is shutting down
 (``Retry-After`` set), 504 a request past the server's deadline. Every error body has OpenAI's
 shape. A client that disconnects, streaming or not, cancels its choices; shutting down cancels
 what is still running once uvicorn's graceful period is over. A stream that fails after it
@@ -108,6 +110,10 @@ def create_app(
 
     created = int(time.time())
 
+    def check_model(name: str | None) -> None:
+        if name not in (None, model):
+            raise _ModelNotFound(f"the model {name!r} does not exist: this server serves {model!r}")
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         card = {"id": model, "object": "model", "created": created, "owned_by": "power-sampling"}
@@ -121,10 +127,7 @@ def create_app(
     async def serve(http: HTTPRequest, schema: type[Any], to_call: Callable[..., Call]) -> Any:
         try:
             body = schema.model_validate(await http.json())
-            if body.model not in (None, model):
-                raise _ModelNotFound(
-                    f"the model {body.model!r} does not exist: this server serves {model!r}"
-                )
+            check_model(body.model)
             if isinstance(body, CompletionRequest) and model_api.wanted(body):
                 return await serve_model(http, body)
             call = to_call(body, defaults)
@@ -164,10 +167,7 @@ def create_app(
         """vLLM's ``/tokenize`` of a text ``prompt``."""
         try:
             body = TokenizeRequest.model_validate(await http.json())
-            if body.model not in (None, model):
-                raise _ModelNotFound(
-                    f"the model {body.model!r} does not exist: this server serves {model!r}"
-                )
+            check_model(body.model)
             tokens = await engine.tokenize(body.prompt, body.add_special_tokens)
         except Exception as exc:
             return _error(exc)
@@ -178,10 +178,7 @@ def create_app(
         """vLLM's ``/detokenize`` of token ids."""
         try:
             body = DetokenizeRequest.model_validate(await http.json())
-            if body.model not in (None, model):
-                raise _ModelNotFound(
-                    f"the model {body.model!r} does not exist: this server serves {model!r}"
-                )
+            check_model(body.model)
             text = await engine.detokenize(body.tokens)
         except Exception as exc:
             return _error(exc)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..backends.base import Backend, TextBackend
+from ..backends.base import Backend, TextBackend, validate_prefixes
 from ..chat import tools as tc
 from ..engine.scheduler import Job, Scheduler
 from ..generation import Chunk
@@ -176,6 +176,9 @@ class LocalEngine:
         )
 
     async def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens`` on this engine's model."""
+        if tokens:
+            validate_prefixes([tokens], self.scheduler.backend.vocab_size)
         return await asyncio.to_thread(_text(self.scheduler.backend).decode, tokens)
 
     def close(self) -> None:

@@ -81,6 +81,8 @@ def test_tokenize_and_detokenize(server: Any) -> None:
     assert answer["max_model_len"] == backend.max_context
     assert post(url, "/detokenize", {"tokens": answer["tokens"]}).json() == {"prompt": text}
     assert post(url, "/tokenize", {"prompt": text, "model": "gpt-4"}).status_code == 404
+    refused = post(url, "/detokenize", {"tokens": [10**9]})
+    assert refused.status_code == 400 and "outside the vocabulary" in refused.text
     card = httpx.get(f"{url}/v1/models").json()["data"][0]
     assert card["max_model_len"] == backend.max_context
 
