@@ -27,7 +27,7 @@ from ..engine.scheduler import Job, Scheduler
 from ..generation import Chunk
 from ..request import Request
 from ..samplers.power_sampler import PowerSampler
-from . import model_api
+from . import model_api, model_run
 from .model_api import ModelCall
 from .translate import Call, Choice, Delta, Prepared, finish, prepare
 
@@ -156,7 +156,7 @@ class LocalEngine:
             if self._closed:
                 raise ShuttingDown("the server is shutting down; retry later")
             job = self.scheduler.submit_work(
-                functools.partial(model_api.run, prepared), prepared.slots
+                functools.partial(model_run.run, prepared), prepared.slots
             )
             self._jobs.add(job)
         try:
