@@ -114,6 +114,12 @@ class ModelCall:
     logprobs_mode: str
     max_forward_tokens: int
 
+    @property
+    def tempered(self) -> bool:
+        """Whether the drawn log-probs reported are the tempered distribution's, not the base
+        model's (``processed_logprobs`` at a temperature other than 0 and 1)."""
+        return self.logprobs_mode == "processed_logprobs" and self.temperature not in (0.0, 1.0)
+
 
 def model_call(
     body: CompletionRequest,
@@ -143,10 +149,10 @@ def model_call(
             "streamed by this server; leave stream unset",
             named=False,
         )
-    if body.unsupported() is not None:
+    if (unsupported := body.unsupported()) is not None:
         raise FieldError(
-            str(body.unsupported()),
-            f"{body.unsupported()} is not supported by this server: leave it out",
+            unsupported,
+            f"{unsupported} is not supported by this server: leave it out",
             named=False,
         )
     if top_k not in (None, 0, -1):

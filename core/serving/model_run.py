@@ -90,13 +90,7 @@ def _ending(c: Continuation, stop: StopCondition, names: _Names, call: ModelCall
 
 def _sampled_logprobs(call: ModelCall, c: Continuation) -> tuple[float, ...]:
     """What the server reports for each drawn token, per its log-prob mode."""
-    if call.logprobs_mode == "processed_logprobs" and call.temperature not in (0.0, 1.0):
-        return c.proposal_logprobs
-    return c.token_logprobs
-
-
-def _tempered(call: ModelCall) -> bool:
-    return call.logprobs_mode == "processed_logprobs" and call.temperature not in (0.0, 1.0)
+    return c.proposal_logprobs if call.tempered else c.token_logprobs
 
 
 def _top_logprobs(
@@ -113,12 +107,12 @@ def _top_logprobs(
     )
     if not prefixes:
         return {}
-    k = backend.vocab_size if _tempered(call) else call.logprobs or 0
+    k = backend.vocab_size if call.tempered else call.logprobs or 0
     entries = backend.top_k(prefixes, k).entries
     out = {}
     for prefix, entry in zip(prefixes, entries, strict=True):
         pairs = list(zip(entry.token_ids, entry.logprobs, strict=True))
-        if _tempered(call):
+        if call.tempered:
             scaled = [v / call.temperature for _, v in pairs]
             norm = float(logsumexp(scaled))
             pairs = [(t, s - norm) for (t, _), s in zip(pairs, scaled, strict=True)]
